@@ -1,0 +1,78 @@
+"""Shared pieces of the Typer commands: error reporting, JSON output, model resolution."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+from edgesr.errors import EdgeSRError
+
+
+def user_errors(command: Callable) -> Callable:
+    """Report EdgeSRError as one line on stderr with exit code 2, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except EdgeSRError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def emit_json(payload: Any) -> None:
+    typer.echo(json.dumps(payload, indent=2, default=_jsonable))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise EdgeSRError(f"--input-size {text!r}: expected HxW, e.g. 256x256") from None
+    if height < 1 or width < 1:
+        raise EdgeSRError(f"--input-size {text!r}: height and width must be positive")
+    return height, width
+
+
+def resolve_model(model: str, scale: int | None = None, arch: str | None = None):
+    """A checkpoint path, a bundled model's name, or an architecture name (random weights)."""
+    from edgesr.models.loading import create, get_arch_or_error, load
+    from edgesr.models.registry import get_arch
+    from edgesr.models.bundled import bundled_weights
+
+    if Path(model).exists() or bundled_weights(model) is not None:
+        return load(model, scale=scale, model=arch)
+    try:
+        get_arch(model)
+    except KeyError:
+        raise EdgeSRError(
+            f"{model}: neither a checkpoint file nor an architecture name "
+            f"(known: {', '.join(_arch_names())})"
+        ) from None
+    if scale is None:
+        raise EdgeSRError(f"{model} is an architecture name: give --scale to build it with random weights")
+    return create(get_arch_or_error(model).name, scale)
+
+
+def _arch_names() -> list[str]:
+    from edgesr.models.registry import list_archs
+
+    return list_archs()
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,104 @@
+"""``edgesr export``: the Typer command over ``edgesr.export.export``.
+
+Registered in cli.py as ``app.command("export")(export_command)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgesr.cli_common import emit_json, parse_size, resolve_model, user_errors
+from edgesr.errors import EdgeSRError
+
+
+def _load_model(model: Optional[str], arch: Optional[str], weights: Optional[Path], scale: Optional[int]):
+    from edgesr.models.loading import create, get_arch_or_error, load
+
+    if model is not None and weights is not None:
+        raise EdgeSRError("give the checkpoint either as MODEL or as --weights, not both")
+    if weights is not None:
+        return load(weights, scale=scale, model=arch)
+    if model is not None:
+        return resolve_model(model, scale, arch)
+    if arch is None:
+        raise EdgeSRError("say what to export: a checkpoint (MODEL or --weights) or an architecture (--model NAME)")
+    if scale is None:
+        raise EdgeSRError(f"--model {arch} without --weights builds random weights: give --scale")
+    return create(get_arch_or_error(arch).name, scale)
+
+
+def _parse_shapes(text: Optional[str]) -> list[tuple[int, int]]:
+    if not text:
+        return []
+    return [parse_size(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _figure(value, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if value == "inf" or value == float("inf"):
+        return "inf"
+    return format(value, fmt)
+
+
+@user_errors
+def export_command(
+    model: Optional[str] = typer.Argument(
+        None, help="Checkpoint, bundled model name or architecture name (random weights, needs --scale)."),
+    arch: Optional[str] = typer.Option(
+        None, "--model", help="Architecture: forces it for a checkpoint; alone, random weights via --scale."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="Scale (checked against the checkpoint)."),
+    target: str = typer.Option(..., "--target", help="onnx, tflite or coreml."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to export."),
+    input_size: str = typer.Option("256x256", "--input-size", help="LR input size HxW of the graph."),
+    dynamic: bool = typer.Option(False, "--dynamic", help="onnx: free batch, height and width."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16."),
+    out: Path = typer.Option(Path("."), "--out", help="Output folder (created if missing)."),
+    name: Optional[str] = typer.Option(None, "--name", help="File name without suffix "
+                                       "(default {arch}_x{scale}_{HxW}_{precision})."),
+    no_check: bool = typer.Option(False, "--no-check", help="Skip the parity check."),
+    nhwc: bool = typer.Option(False, "--nhwc", help="tflite: NHWC input and output."),
+    image_io: bool = typer.Option(False, "--image-io", help="coreml: image input and output (8-bit RGB)."),
+    shapes: Optional[str] = typer.Option(None, "--shapes", help="coreml: more input sizes, e.g. 64x64,128x128."),
+    min_ios: Optional[int] = typer.Option(None, "--min-ios", help="coreml: minimum iOS version (default 16)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the PyTorch reference also runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Export to ONNX, TFLite or CoreML, check it against PyTorch, write a report beside it."""
+    from edgesr.export.pipeline import export, get_target
+
+    get_target(target)  # an unknown target is reported before the model is built
+    size = parse_size(input_size)
+    extra = {"nhwc": nhwc or None, "image_io": image_io or None, "min_ios": min_ios,
+             "shapes": _parse_shapes(shapes) or None}
+    network = _load_model(model, arch, weights, scale)
+    report = export(network, target, input_size=size, precision=precision, dynamic=dynamic,
+                    out_dir=out, name=name, check=not no_check, device=device,
+                    **{k: v for k, v in extra.items() if v is not None})
+    if as_json:
+        emit_json(report.to_dict())
+        return
+    info = report.model
+    total = sum(report.timings_s.values())
+    typer.echo(f"wrote {report.artifact} ({report.size_mb:.2f} MB) in {total:.1f} s")
+    weights_note = (f"weights {info['source']} (sha256 {info['sha256'][:12]}…)" if info.get("sha256")
+                    else "random weights (no --weights): fine for checking conversion, not for inference")
+    typer.echo(f"model: {info['arch']} x{info['scale']}, {weights_note}")
+    if report.rewrites:
+        typer.echo("rewrites: " + ", ".join(r.get("name", "?") for r in report.rewrites))
+    if report.parity is None:
+        typer.echo("parity: not checked (--no-check)")
+    else:
+        typer.echo(f"parity ({report.parity['tolerance']}): {report.parity['status']}")
+        for check in report.parity["checks"]:
+            if check["status"] == "not run":
+                typer.echo(f"  {check['input']} vs {check['reference']}: {check['note']}")
+                continue
+            typer.echo(f"  {check['input']} vs {check['reference']} on {check['runtime']}: "
+                       f"max abs {_figure(check['max_abs'], '.2e')}, mean abs {_figure(check['mean_abs'], '.2e')}, "
+                       f"PSNR {_figure(check['psnr'], '.1f')} dB: {check['status']}")
+    for note in report.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(f"report: {report.report}")

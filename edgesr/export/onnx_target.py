@@ -1,0 +1,137 @@
+"""ONNX: torch's dynamo exporter (onnxscript), onnxsim, optional fp16, run with onnxruntime."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgesr.errors import EdgeSRError
+from edgesr.export.base import ExportOptions, ParityUnavailable, Target, first_line, require
+
+OPSET = 18
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+# Upper bound of the free H/W dimensions of a --dynamic graph (torch.export needs one).
+MAX_DYNAMIC_SIDE = 8192
+MAX_DYNAMIC_BATCH = 1024
+# protobuf cannot hold more than 2 GiB; weights must stay inside the file.
+PROTOBUF_LIMIT = 2**31 - 1
+
+
+class OnnxTarget(Target):
+    name = "onnx"
+    suffix = ".onnx"
+    options = frozenset({"dynamic"})
+    requires = (("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime"))
+    runtime = "onnxruntime CPUExecutionProvider"
+
+    def convert(self, module: nn.Module, example: torch.Tensor, options: ExportOptions,
+                destination: Path) -> None:
+        onnx = require("onnx", "onnx", "exporting to ONNX")
+        dynamic_shapes = None
+        if options.dynamic:
+            side = dict(min=max(options.min_side, 1), max=MAX_DYNAMIC_SIDE)
+            dynamic_shapes = ({
+                0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH),
+                2: torch.export.Dim("height", **side),
+                3: torch.export.Dim("width", **side),
+            },)
+        try:
+            program = torch.onnx.export(
+                module, (example,), dynamo=True, opset_version=OPSET,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+            )
+        except Exception as exc:  # the exporter raises many types; report one line
+            raise EdgeSRError(f"ONNX export failed: {first_line(exc)}") from exc
+        model = program.model_proto
+        model = _simplify(model)
+        if options.precision == "fp16":
+            model = _to_fp16(model)
+        if model.ByteSize() > PROTOBUF_LIMIT:
+            raise EdgeSRError("the ONNX graph with its weights exceeds 2 GB; external data is not supported")
+        # Nothing time- or path-dependent goes in: the same export gives the same bytes.
+        model.producer_name = "edgesr"
+        from edgesr import __version__
+
+        model.producer_version = __version__
+        onnx.save_model(model, str(destination))
+
+    def write_metadata(self, path: Path, metadata: Mapping[str, str]) -> None:
+        import onnx
+
+        model = onnx.load_model(str(path))
+        kept = [p for p in model.metadata_props if p.key not in metadata]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        for key in sorted(metadata):
+            model.metadata_props.add(key=key, value=str(metadata[key]))
+        onnx.save_model(model, str(path))
+
+    def read_metadata(self, path: Path) -> dict[str, str]:
+        import onnx
+
+        model = onnx.load_model(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+
+    def runtime_for(self, device: str) -> str:
+        return f"onnxruntime {_providers(device)[0]}"
+
+    def run(self, path: Path, image_nchw: np.ndarray, options: ExportOptions,
+            device: str = "cpu") -> np.ndarray:
+        ort = require("onnxruntime", "onnxruntime", "checking an ONNX file")
+        session_options = ort.SessionOptions()
+        session_options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), session_options, providers=_providers(device))
+        (output,) = session.run(None, {session.get_inputs()[0].name: image_nchw.astype(np.float32)})
+        return np.asarray(output, dtype=np.float32)
+
+
+def _providers(device: str) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ParityUnavailable(
+                "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def _simplify(model):
+    """onnxsim when installed and when it succeeds; the unsimplified graph otherwise."""
+    try:
+        import onnxsim
+    except ImportError:
+        return model
+    try:
+        simplified, ok = onnxsim.simplify(model)
+    except Exception:  # onnxsim gives up on some graphs; the exporter's graph is valid as is
+        return model
+    if not ok:
+        return model
+    # onnxsim records its run (including timings) in metadata_props: that would make two
+    # identical exports differ, so only edgesr's own metadata is kept.
+    kept = [p for p in simplified.metadata_props if not p.key.startswith("onnxsim.")]
+    del simplified.metadata_props[:]
+    simplified.metadata_props.extend(kept)
+    return simplified
+
+
+def _to_fp16(model):
+    """Weights and activations in float16, graph inputs/outputs kept float32."""
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError:
+        try:
+            from onnxconverter_common.float16 import convert_float_to_float16
+        except ImportError:
+            raise EdgeSRError(
+                "fp16 ONNX needs onnxruntime's float16 tools or onnxconverter-common; "
+                "install it with: pip install onnxconverter-common"
+            ) from None
+    return convert_float_to_float16(model, keep_io_types=True)

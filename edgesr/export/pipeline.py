@@ -1,0 +1,315 @@
+"""One export, whatever the target: validate → prepare → wrap → convert → metadata →
+parity → atomic move → report.
+
+The final path only ever holds an artifact that passed its checks (or whose checks
+could not run, which the report says in words): conversion happens in a temporary
+directory inside the output folder and is moved into place at the end.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgesr.errors import EdgeSRError
+from edgesr.export.base import (
+    DEVICES,
+    OPTION_FLAGS,
+    VALUE_RANGE,
+    ExportOptions,
+    Target,
+    minimum_input_size,
+    stdout_to_stderr,
+)
+from edgesr.export.parity import FAILED, NOT_RUN, ParityResult, check_parity
+
+# name -> "module:Class"; imported on use so that one target's dependencies are not
+# needed for another.
+TARGETS: dict[str, str] = {
+    "onnx": "edgesr.export.onnx_target:OnnxTarget",
+    "tflite": "edgesr.export.tflite_target:TFLiteTarget",
+    "coreml": "edgesr.export.coreml_target:CoreMLTarget",
+}
+
+Stage = Callable[[str], None]
+
+
+def get_target(name: str) -> Target:
+    key = str(name).lower()
+    if key not in TARGETS:
+        raise EdgeSRError(f"unknown target {name!r}; known: {', '.join(TARGETS)}")
+    module, cls = TARGETS[key].split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def target_table() -> list[dict[str, Any]]:
+    """Which target takes which precision and option (for docs and --help)."""
+    rows = []
+    for name in TARGETS:
+        target = get_target(name)
+        rows.append({"target": name, "suffix": target.suffix, "precisions": list(target.precisions),
+                     "options": [OPTION_FLAGS[o] for o in sorted(target.options)]})
+    return rows
+
+
+@dataclass
+class ExportReport:
+    status: str  # "passed", "failed", "not checked", "parity not run"
+    target: str
+    artifact: str | None
+    report: str | None
+    size_bytes: int | None
+    model: dict[str, Any]
+    options: dict[str, Any]
+    metadata: dict[str, str]
+    rewrites: list[dict[str, Any]]
+    parity: dict[str, Any] | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    random_weights: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def size_mb(self) -> float | None:
+        return None if self.size_bytes is None else self.size_bytes / 1e6
+
+
+def validate(target: Target, options: ExportOptions, model: nn.Module) -> ExportOptions:
+    """Every user error, before any work; returns options with min_side filled in."""
+    from edgesr.models.descriptor import describe
+
+    if options.precision not in target.precisions:
+        raise EdgeSRError(f"--precision {options.precision!r}: {target.name} supports "
+                          f"{', '.join(target.precisions)}")
+    for option, value in options.given().items():
+        if option not in target.options:
+            accepted = ", ".join(OPTION_FLAGS[o] for o in sorted(target.options)) or "none"
+            raise EdgeSRError(f"{OPTION_FLAGS[option]} does not apply to {target.name} "
+                              f"(its options: {accepted})")
+    if options.device not in DEVICES:
+        raise EdgeSRError(f"--device {options.device!r}: choose {' or '.join(DEVICES)}")
+    try:
+        info = describe(model)
+    except ValueError:
+        raise EdgeSRError("the model carries no edgesr descriptor: build it with "
+                          "edgesr.load or edgesr.create") from None
+    minimum = minimum_input_size(info.arch, info.hparams)
+    height, width = options.input_size
+    for size in [options.input_size, *options.shapes]:
+        if min(size) < minimum:
+            raise EdgeSRError(f"input size {size[0]}x{size[1]} is below {info.arch}'s minimum "
+                              f"of {minimum}x{minimum}")
+    target.check_options(options)
+    target.check_dependencies()
+    return ExportOptions(**{**asdict(options), "min_side": minimum})
+
+
+def default_name(info, options: ExportOptions) -> str:
+    size = "dyn" if options.dynamic else "x".join(map(str, options.input_size))
+    return f"{info.arch}_x{info.scale}_{size}_{options.precision}"
+
+
+def _prepare(model: nn.Module, target: str, options: ExportOptions) -> tuple[nn.Module, list[dict]]:
+    """The rewrite hook: edgesr.rewrite.prepare_for_export when that module exists."""
+    try:
+        from edgesr.rewrite import prepare_for_export
+    except ImportError:
+        return model, []
+    size = None if options.dynamic else tuple(options.input_size)
+    prepared = prepare_for_export(model, target=target, input_size=size)
+    return prepared, list(getattr(prepared, "edgesr_rewrites", []) or [])
+
+
+def build_metadata(info, options: ExportOptions, rewrites: list[dict]) -> dict[str, str]:
+    from edgesr import __version__
+
+    height, width = options.input_size
+    metadata = {
+        "edgesr.arch": info.arch,
+        "edgesr.scale": str(info.scale),
+        "edgesr.input_size": "dynamic" if options.dynamic else f"{height}x{width}",
+        "edgesr.output_size": ("dynamic (scale x input)" if options.dynamic
+                               else f"{height * info.scale}x{width * info.scale}"),
+        "edgesr.layout": options.layout,
+        "edgesr.value_range": VALUE_RANGE,
+        "edgesr.version": __version__,
+        "edgesr.source_sha256": info.sha256 or "none (random initialisation)",
+        "edgesr.precision": options.precision,
+        "edgesr.rewrites": ",".join(r.get("name", "?") for r in rewrites) or "none",
+    }
+    if options.image_io:
+        metadata["edgesr.value_range"] = "RGB image in and out (8-bit pixels; the network sees [0,1])"
+    if options.shapes:
+        metadata["edgesr.shapes"] = ",".join(f"{h}x{w}" for h, w in [options.input_size, *options.shapes])
+    return metadata
+
+
+def _stderr_stage(message: str) -> None:
+    print(f"[export] {message}", file=sys.stderr, flush=True)
+
+
+def _writable_dir(out_dir: Path) -> Path:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeSRError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+    if not out_dir.is_dir():
+        raise EdgeSRError(f"{out_dir}: exists and is not a folder")
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise EdgeSRError(f"{out_dir}: output folder is not writable")
+    return out_dir
+
+
+def _install(source: Path, destination: Path) -> None:
+    """Move ``source`` to ``destination`` atomically (a directory replaces a directory)."""
+    if source.is_dir() and destination.exists():
+        parked = destination.with_name(f".{destination.name}.old-{os.getpid()}")
+        os.replace(destination, parked)
+        try:
+            os.replace(source, destination)
+        except OSError:
+            os.replace(parked, destination)
+            raise
+        _remove(parked)
+    else:
+        if destination.is_dir():
+            _remove(destination)
+        os.replace(source, destination)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+def export(
+    model: nn.Module,
+    target: str,
+    input_size: tuple[int, int] = (256, 256),
+    precision: str = "fp32",
+    dynamic: bool = False,
+    out_dir: str | Path = ".",
+    name: str | None = None,
+    check: bool = True,
+    device: str = "cpu",
+    stage: Stage | None = None,
+    **target_options: Any,
+) -> ExportReport:
+    """Export ``model`` (from edgesr.load/create) to ``target``; see the module docstring.
+
+    ``target_options`` are the target-specific ones: nhwc (tflite), image_io, shapes,
+    min_ios (coreml). Raises EdgeSRError for bad input (nothing written) and for a
+    failed export or parity check (nothing at the final path; a failed parity check
+    leaves ``<name>.failed.report.json`` saying why).
+    """
+    from edgesr.models.contract import with_unit_range
+    from edgesr.models.descriptor import describe
+
+    stage = stage or _stderr_stage
+    unknown = sorted(set(target_options) - set(OPTION_FLAGS))
+    if unknown:
+        raise EdgeSRError(f"unknown export option(s) {', '.join(unknown)}; known: {', '.join(OPTION_FLAGS)}")
+    chosen = get_target(target)
+    shapes = tuple(tuple(int(v) for v in s) for s in (target_options.pop("shapes", None) or ()))
+    options = ExportOptions(input_size=(int(input_size[0]), int(input_size[1])), precision=str(precision),
+                            dynamic=bool(dynamic), shapes=shapes, device=str(device),
+                            **{k: v for k, v in target_options.items() if v is not None})
+    options = validate(chosen, options, model)
+    info = describe(model)
+    file_name = (name or default_name(info, options))
+    if file_name.endswith(chosen.suffix):
+        file_name = file_name[: -len(chosen.suffix)]
+    if not file_name or os.sep in file_name or file_name.startswith("."):
+        raise EdgeSRError(f"--name {file_name!r}: give a plain file name without folders")
+    out = _writable_dir(Path(out_dir))
+    final = out / (file_name + chosen.suffix)
+    report_path = out / (file_name + ".report.json")
+    failed_report_path = out / (file_name + ".failed.report.json")
+
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    if info.sha256 is None:
+        notes.append("random weights (no checkpoint): useful to check conversion, not for inference")
+    work = Path(tempfile.mkdtemp(prefix=".edgesr-export-", dir=out))
+    try:
+        started = time.perf_counter()
+        stage(f"preparing {info.arch} x{info.scale} for {chosen.name}")
+        prepared, rewrites = _prepare(model, chosen.name, options)
+        module = chosen.wrap(with_unit_range(prepared), options).eval()
+        timings["prepare"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        stage(f"converting to {chosen.name} ({options.precision})")
+        # The artifact is written under its final name inside the temporary folder, so
+        # that no temporary name can end up inside the file.
+        staged = work / final.name
+        with stdout_to_stderr(), torch.inference_mode(False), torch.no_grad():
+            chosen.convert(module, chosen.example_input(options), options, staged)
+        if not staged.exists():
+            raise EdgeSRError(f"{chosen.name} conversion produced no file")
+        metadata = build_metadata(info, options, rewrites)
+        chosen.write_metadata(staged, metadata)
+        timings["convert"] = time.perf_counter() - started
+
+        parity: ParityResult | None = None
+        if check:
+            started = time.perf_counter()
+            stage(f"checking parity with {chosen.runtime_for('cpu')}")
+            with stdout_to_stderr():
+                parity = check_parity(chosen, staged, with_unit_range(model).eval(), options)
+            timings["parity"] = time.perf_counter() - started
+        status = ("not checked" if parity is None else
+                  "parity not run" if parity.status == NOT_RUN else parity.status)
+        report = ExportReport(
+            status=status, target=chosen.name, artifact=str(final), report=str(report_path),
+            size_bytes=_size(staged), model=info.to_dict(),
+            options={**asdict(options), "input_size": list(options.input_size),
+                     "shapes": [list(s) for s in options.shapes]},
+            metadata=metadata, rewrites=rewrites,
+            parity=parity.to_dict() if parity else None,
+            timings_s={k: round(v, 3) for k, v in timings.items()},
+            random_weights=info.sha256 is None, notes=notes,
+        )
+        if parity is not None and parity.status == FAILED:
+            report.artifact = None
+            report.report = str(failed_report_path)
+            worst = parity.failures[0]
+            figures = (f"max abs {worst.max_abs:.3g}, PSNR {worst.psnr:.1f} dB"
+                       if worst.max_abs is not None else worst.note)
+            _write_json(failed_report_path, report.to_dict())
+            raise EdgeSRError(
+                f"parity check failed for {chosen.name} ({worst.input} vs {worst.reference}: "
+                f"{figures}; needs {parity.tolerance}); no artifact written, see {failed_report_path}")
+        stage(f"writing {final}")
+        _install(staged, final)
+        _write_json(report_path, report.to_dict())
+        _remove(failed_report_path)
+        return report
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,109 @@
+"""TFLite (LiteRT): litert-torch conversion, fp16 weights, optional NHWC I/O, run with LiteRT."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgesr.errors import EdgeSRError
+from edgesr.export.base import (
+    ChannelsLast,
+    ExportOptions,
+    ParityUnavailable,
+    Target,
+    first_line,
+    require,
+)
+
+# Name of the flatbuffer Metadata entry that holds edgesr's JSON.
+METADATA_NAME = "edgesr"
+
+
+class TFLiteTarget(Target):
+    name = "tflite"
+    suffix = ".tflite"
+    options = frozenset({"nhwc"})
+    requires = (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert"))
+    runtime = "ai_edge_litert Interpreter (CPU, XNNPACK)"
+
+    def example_input(self, options: ExportOptions) -> torch.Tensor:
+        example = super().example_input(options)
+        return example.permute(0, 2, 3, 1).contiguous() if options.nhwc else example
+
+    def wrap(self, module: nn.Module, options: ExportOptions) -> nn.Module:
+        return ChannelsLast(module).eval() if options.nhwc else module
+
+    def convert(self, module: nn.Module, example: torch.Tensor, options: ExportOptions,
+                destination: Path) -> None:
+        litert_torch = require("litert_torch", "litert-torch", "exporting to TFLite")
+        quant_config = None
+        if options.precision == "fp16":
+            # Weight-only float16 (the usual TFLite "fp16" model): weights stored as
+            # float16, dequantised by the runtime; activations and I/O stay float32.
+            from litert_torch.generative.quantize import quant_recipes
+
+            quant_config = quant_recipes.full_fp16_recipe()
+        try:
+            edge_model = litert_torch.convert(module, (example,), quant_config=quant_config)
+            edge_model.export(str(destination))
+        except Exception as exc:  # converter errors come in many types; report one line
+            raise EdgeSRError(f"TFLite conversion failed: {first_line(exc)}") from exc
+
+    def write_metadata(self, path: Path, metadata: Mapping[str, str]) -> None:
+        """A flatbuffer ``Metadata`` entry named "edgesr" whose buffer holds JSON.
+
+        litert-torch has no metadata API, so the model is re-packed with the schema's
+        object API (what tflite-support's metadata writers do as well).
+        """
+        from ai_edge_litert import schema_py_generated as schema
+        from ai_edge_litert.tools import flatbuffer_utils
+
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+        payload = json.dumps(dict(sorted(metadata.items())), sort_keys=True).encode()
+        buffer = schema.BufferT()
+        buffer.data = np.frombuffer(payload, dtype=np.uint8)
+        entries = [m for m in (model.metadata or []) if _name(m) != METADATA_NAME]
+        model.buffers.append(buffer)
+        entry = schema.MetadataT()
+        entry.name = METADATA_NAME
+        entry.buffer = len(model.buffers) - 1
+        model.metadata = entries + [entry]
+        model.description = (f"edgesr {metadata.get('edgesr.arch', '')} "
+                             f"x{metadata.get('edgesr.scale', '')}: {metadata.get('edgesr.value_range', '')}")
+        path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+    def read_metadata(self, path: Path) -> dict[str, str]:
+        from ai_edge_litert.tools import flatbuffer_utils
+
+        model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+        for entry in model.metadata or []:
+            if _name(entry) == METADATA_NAME:
+                data = model.buffers[entry.buffer].data
+                return json.loads(bytes(np.asarray(data, dtype=np.uint8)).decode())
+        return {}
+
+    def run(self, path: Path, image_nchw: np.ndarray, options: ExportOptions,
+            device: str = "cpu") -> np.ndarray:
+        if device != "cpu":
+            raise ParityUnavailable("the LiteRT Python interpreter runs on CPU only")
+        interpreter_lib = require("ai_edge_litert.interpreter", "ai-edge-litert", "checking a TFLite file")
+        interpreter = interpreter_lib.Interpreter(model_path=str(path))
+        data = image_nchw.transpose(0, 2, 3, 1) if options.nhwc else image_nchw
+        (detail,) = interpreter.get_input_details()
+        if tuple(detail["shape"]) != data.shape:
+            interpreter.resize_tensor_input(detail["index"], list(data.shape))
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(detail["index"], np.ascontiguousarray(data, dtype=np.float32))
+        interpreter.invoke()
+        output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        output = np.asarray(output, dtype=np.float32)
+        return output.transpose(0, 3, 1, 2) if options.nhwc else output
+
+
+def _name(entry) -> str:
+    name = entry.name
+    return name.decode() if isinstance(name, bytes) else str(name)

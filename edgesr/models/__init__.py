@@ -1,0 +1,1 @@
+"""Model zoo: one module per architecture, each registering an ``ArchSpec`` on import."""

