@@ -162,6 +162,9 @@ def upscale(
 from edgesr.export.command import export_command  # noqa: E402
 
 app.command("export")(export_command)
+from edgesr.train.command import train_command  # noqa: E402
+
+app.command("train")(train_command)
 
 
 if __name__ == "__main__":

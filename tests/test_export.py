@@ -78,7 +78,7 @@ def test_export_writes_artifact_report_and_metadata(exported, target, precision)
     assert Path(report.artifact) == artifact and artifact.exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary folder left behind"
 
-    saved = json.loads((out / f"toy_x2_24x32_{precision}.report.json").read_text())
+    saved = json.loads((out / f"toy_x2_24x32_{precision}{suffix}.report.json").read_text())
     for key in ("status", "target", "artifact", "size_bytes", "model", "options", "metadata",
                 "rewrites", "parity", "timings_s", "random_weights"):
         assert key in saved
@@ -159,8 +159,9 @@ def test_failed_parity_leaves_no_artifact(tmp_path, monkeypatch, target):
                         np.repeat(np.repeat(batch, 2, axis=2), 2, axis=3) * 0.5)
     with pytest.raises(EdgeSRError, match="parity check failed"):
         export(toy_model(), target, input_size=SIZE, out_dir=tmp_path)
-    assert _files(tmp_path) == [f"toy_x2_24x32_fp32.failed.report.json"]
-    saved = json.loads((tmp_path / "toy_x2_24x32_fp32.failed.report.json").read_text())
+    name = f"toy_x2_24x32_fp32{get_target(target).suffix}.failed.report.json"
+    assert _files(tmp_path) == [name]
+    saved = json.loads((tmp_path / name).read_text())
     assert saved["status"] == "failed" and saved["artifact"] is None
 
 

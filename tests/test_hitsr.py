@@ -96,15 +96,15 @@ def test_trained_hitnet_checkpoint_loads() -> None:
 @pytest.mark.parametrize("name", VARIANTS)
 def test_batch_equals_single_samples(name: str) -> None:
     torch.manual_seed(0)
-    model = get_arch(name).build(scale=2, **SMALL).eval()
-    images = torch.rand(3, 3, 13, 18)
+    model = get_arch(name).build(scale=2, embed_dim=16, depths=[6], num_heads=[2]).eval()
+    images = torch.rand(2, 3, 11, 14)
     batched = model(images)
     single = torch.cat([model(image[None]) for image in images])
     assert (batched - single).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("size", [(5, 7), (17, 23), (20, 20), (70, 66)])
+@pytest.mark.parametrize("size", [(5, 7), (17, 23), (70, 66)])
 def test_any_size_gives_scaled_finite_output(name: str, size: tuple[int, int]) -> None:
     # Below the smallest window, odd, below and above the largest window (64).
     torch.manual_seed(0)

@@ -226,7 +226,7 @@ def export(
     ``target_options`` are the target-specific ones: nhwc (tflite), image_io, shapes,
     min_ios (coreml). Raises EdgeSRError for bad input (nothing written) and for a
     failed export or parity check (nothing at the final path; a failed parity check
-    leaves ``<name>.failed.report.json`` saying why).
+    leaves ``<name><suffix>.failed.report.json`` saying why).
     """
     from edgesr.models.contract import with_unit_range
     from edgesr.models.descriptor import describe
@@ -249,8 +249,10 @@ def export(
         raise EdgeSRError(f"--name {file_name!r}: give a plain file name without folders")
     out = _writable_dir(Path(out_dir))
     final = out / (file_name + chosen.suffix)
-    report_path = out / (file_name + ".report.json")
-    failed_report_path = out / (file_name + ".failed.report.json")
+    # The artifact's full name (suffix included) so that the reports of one model
+    # exported to several targets into one folder do not overwrite each other.
+    report_path = out / (final.name + ".report.json")
+    failed_report_path = out / (final.name + ".failed.report.json")
 
     timings: dict[str, float] = {}
     notes: list[str] = []

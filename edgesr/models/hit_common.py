@@ -31,6 +31,9 @@ from edgesr.models.registry import StateDict
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, subtracted inside the network
 RECONSTRUCTION_CHANNELS = 64  # hidden width of the 'pixelshuffle' and 'nearest+conv' heads
 UPSAMPLERS = ("pixelshuffledirect", "pixelshuffle", "nearest+conv")
+PAPER = "HiT-SR: Hierarchical Transformer for Efficient Image Super-Resolution (ECCV 2024)"
+LICENSE = ("the official repository states no licence of its own; it builds on BasicSR "
+           "(Apache-2.0) - check before redistributing weights")
 
 # Official HiT-SR configuration (options/Test/test_HiT_*.yml), shared by the three variants.
 DEFAULT_HPARAMS: dict[str, Any] = {

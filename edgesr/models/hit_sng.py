@@ -16,6 +16,8 @@ from torch import nn
 
 from edgesr.models.hit_common import (
     DEFAULT_HPARAMS,
+    LICENSE,
+    PAPER,
     FeedForward,
     HierarchicalTransformerBlock,
     SpatialChannelCorrelation,
@@ -149,13 +151,13 @@ def detect(state_dict: StateDict) -> dict[str, Any] | None:
 SPEC = register(
     ArchSpec(
         name=NAME,
-        paper="HiT-SR: Hierarchical Transformer for Efficient Image Super-Resolution (ECCV 2024)",
+        paper=PAPER,
         input_range=1.0,
         scales=(2, 3, 4),
         defaults=DEFAULT_HPARAMS,
         build=build,
         detect=detect,
-        license="Apache-2.0 (official repository)",
+        license=LICENSE,
         aliases=("hit_sng", "hitsng"),
     )
 )

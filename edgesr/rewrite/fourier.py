@@ -135,9 +135,11 @@ class DFTFourierUnit(nn.Module):
 _BASE_NAMES = ("fwd_w", "fwd_h_re", "fwd_h_im", "inv_h", "inv_w_re", "inv_w_im")
 
 
-def _runtime_angles(n_rows: torch.Tensor, n_cols: torch.Tensor, period: int) -> torch.Tensor:
-    # Integer modulo before the float conversion keeps every angle in [0, 2*pi).
-    return (n_rows[:, None] * n_cols[None, :] % period).to(torch.float32) * (2 * math.pi / period)
+def _runtime_angles(rows: torch.Tensor, cols: torch.Tensor, period: torch.Tensor) -> torch.Tensor:
+    """2*pi*(r*c mod N)/N with N a (1,) int64 tensor: the integer modulo keeps every
+    angle in [0, 2*pi), and a tensor period (not a Python/Sym int) exports to ONNX."""
+    product = torch.remainder(rows[:, None] * cols[None, :], period)
+    return product.to(torch.float32) * (2 * math.pi) / period.to(torch.float32)
 
 
 class AnySizeFourierUnit(nn.Module):
@@ -158,14 +160,17 @@ class AnySizeFourierUnit(nn.Module):
         h_idx = torch.arange(height, device=x.device)
         w_idx = torch.arange(width, device=x.device)
         v_idx = torch.arange(wr, device=x.device)
-        ang_w = _runtime_angles(w_idx, v_idx, width)  # (W, Wr)
+        # The sizes as (1,) tensors (the last index + 1), so that no symbolic int
+        # meets a tensor op as a scalar: those fail in the ONNX exporter.
+        n_h = h_idx[-1:] + 1
+        n_w = w_idx[-1:] + 1
+        ang_w = _runtime_angles(w_idx, v_idx, n_w)  # (W, Wr)
         cos_w, sin_w = torch.cos(ang_w), torch.sin(ang_w)
-        ang_h = _runtime_angles(h_idx, h_idx, height)
+        ang_h = _runtime_angles(h_idx, h_idx, n_h)
         cos_h, sin_h = torch.cos(ang_h), torch.sin(ang_h)
-        # 1/sqrt(N) as tensors: x.new_full keeps the symbolic size out of Python floats.
-        rh = torch.rsqrt(h_idx[-1:].to(x.dtype) + 1)
-        rw = torch.rsqrt(w_idx[-1:].to(x.dtype) + 1)
-        single = ((v_idx == 0) | (2 * v_idx == width)).to(x.dtype)[:, None]  # (Wr, 1)
+        rh = torch.rsqrt(n_h.to(x.dtype))
+        rw = torch.rsqrt(n_w.to(x.dtype))
+        single = ((v_idx == 0) | (2 * v_idx == n_w)).to(x.dtype)[:, None]  # (Wr, 1): DC, Nyquist
         bases = {
             "fwd_w": torch.cat((cos_w, -sin_w), dim=1) * rw,
             "fwd_h_re": torch.cat((cos_h, -sin_h), dim=0) * rh,
