@@ -19,11 +19,15 @@ _LAZY = {
     "upscale_image": "edgesr.upscale",
     "EdgeSRError": "edgesr.errors",
 }
+# Subpackages reachable as attributes; ``edgesr.export`` is also callable: export(model, target, ...).
+_SUBPACKAGES = ("export", "rewrite", "runtimes", "calibration", "models")
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY, "export"]
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"edgesr.{name}")
     raise AttributeError(f"module 'edgesr' has no attribute {name!r}")

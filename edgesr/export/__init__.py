@@ -8,6 +8,8 @@ import ``edgesr.export.command`` without importing torch.
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 _LAZY = {
     "export": "edgesr.export.pipeline",
@@ -27,3 +29,14 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'edgesr.export' has no attribute {name!r}")
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``edgesr.export(model, "onnx", ...)`` call the pipeline: the subpackage and
+    the library function share the name the guide promises users."""
+
+    def __call__(self, *args, **kwargs):
+        return importlib.import_module("edgesr.export.pipeline").export(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -65,6 +65,13 @@ def require(module: str, package: str, purpose: str) -> Any:
                           f"here ({first_line(exc)})") from None
 
 
+def reject_options(unused: Mapping[str, Any], runtime: str) -> None:
+    """Options that were set but that this runtime has no use for are an error, not ignored."""
+    given = {k: v for k, v in unused.items() if v not in (None, False, (), [])}
+    if given:
+        raise EdgeSRError(f"option(s) {', '.join(sorted(given))} do not apply to {runtime}")
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     line = text.splitlines()[0] if text else ""

@@ -71,9 +71,12 @@ def _resolve_arch(name: str) -> str:
 def _build_model(config: TrainConfig, arch: str, say) -> nn.Module:
     from edgesr.models.loading import create
 
-    if config.init is None:
-        return create(arch, config.scale, **config.hparams)
-    return _init_from(config, arch, say)
+    try:
+        if config.init is None:
+            return create(arch, config.scale, **config.hparams)
+        return _init_from(config, arch, say)
+    except ValueError as exc:  # the architectures reject impossible hyperparameters this way
+        raise EdgeSRError(f"{arch} x{config.scale} with {config.hparams}: {exc}") from None
 
 
 def _init_from(config: TrainConfig, arch: str, say) -> nn.Module:

@@ -1,0 +1,86 @@
+"""CoreML (.mlpackage): MLModel.predict, which exists on macOS only.
+
+On any other system opening a CoreML runner is a one-line error saying so; the
+metadata can still be read (coremltools' protobuf) for ``describe``.
+"""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgesr.errors import EdgeSRError
+from edgesr.runtimes.base import Runner, first_line, info_from_metadata, reject_options, require
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "output"
+COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
+_SPEC_PATH = Path("Data/com.apple.CoreML/model.mlmodel")
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    path = Path(path)
+    spec_file = path / _SPEC_PATH
+    if not spec_file.is_file():
+        raise EdgeSRError(f"{path}: not an .mlpackage (no {_SPEC_PATH} inside)")
+    proto = require("coremltools.proto.Model_pb2", "coremltools", "reading a CoreML file")
+    spec = proto.Model()
+    try:
+        spec.ParseFromString(spec_file.read_bytes())
+    except Exception as exc:
+        raise EdgeSRError(f"{path}: corrupt CoreML spec ({first_line(exc)})") from None
+    return dict(spec.description.metadata.userDefined)
+
+
+def _shapes(path: Path) -> tuple[list | None, list | None]:
+    proto = require("coremltools.proto.Model_pb2", "coremltools", "reading a CoreML file")
+    spec = proto.Model()
+    spec.ParseFromString((path / _SPEC_PATH).read_bytes())
+    shapes = []
+    for feature in (spec.description.input[0], spec.description.output[0]):
+        array = feature.type.multiArrayType
+        dims = list(array.shape) if feature.type.WhichOneof("Type") == "multiArrayType" else []
+        shapes.append(dims or None)
+    return shapes[0], shapes[1]
+
+
+class CoreMLRunner(Runner):
+    runtime = "coreml"
+
+    def __init__(self, path: str | Path, compute_units: str | None = None, **unused: Any):
+        reject_options(unused, "coreml")
+        path = Path(path)
+        if platform.system() != "Darwin":
+            raise EdgeSRError(f"{path.name}: CoreML models run only on macOS/iOS (MLModel.predict); "
+                              f"this is {platform.system()}. Bench the .onnx or .tflite export here")
+        ct = require("coremltools", "coremltools", "running a CoreML file")
+        units = (compute_units or "all").lower()
+        if units not in COMPUTE_UNITS:
+            raise EdgeSRError(f"--compute-units {compute_units!r}: choose {', '.join(COMPUTE_UNITS)}")
+        self.compute_units = units
+        metadata = read_metadata(path)
+        in_shape, out_shape = _shapes(path)
+        info = info_from_metadata(path, "coreml", metadata, in_shape, out_shape)
+        if "image in and out" in info.value_range:
+            raise EdgeSRError(f"{path.name}: exported with --image-io (8-bit image I/O); the runner "
+                              f"takes float tensors: export without --image-io to bench or evaluate it")
+        try:
+            self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units.upper()))
+        except Exception as exc:
+            raise EdgeSRError(f"{path}: CoreML cannot load this file ({first_line(exc)})") from None
+        super().__init__(path, info)
+
+    def run_native(self, batch: np.ndarray) -> np.ndarray:
+        outputs = []
+        for image in batch:
+            try:
+                result = self.model.predict({INPUT_NAME: image[None]})[OUTPUT_NAME]
+            except Exception as exc:
+                raise EdgeSRError(f"{self.path.name}: CoreML failed ({first_line(exc)})") from None
+            outputs.append(np.asarray(result, np.float32)[0])
+        return np.stack(outputs)
+
+    def options(self) -> dict[str, Any]:
+        return {"compute_units": self.compute_units}
