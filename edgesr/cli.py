@@ -77,28 +77,53 @@ def info(
         typer.echo(f"{name:<{width_col}}  {value}")
 
 
+RUNTIME_OPTION = typer.Option(None, "--runtime", help="pytorch, onnxruntime, litert or coreml "
+                               "(default: the file's own).")
+THREADS_OPTION = typer.Option(None, "--threads", help="Intra-op threads of the runtime.")
+PROVIDER_OPTION = typer.Option(None, "--provider", help="onnxruntime execution provider(s), comma-separated: "
+                                "cpu, cuda, tensorrt, coreml, xnnpack (CPU is always the fallback).")
+DELEGATE_OPTION = typer.Option(None, "--delegate", help="litert: xnnpack (default), none or gpu.")
+ARTIFACT_HELP = MODEL_HELP + " Or an exported .onnx/.tflite/.mlpackage file."
+
+
+def _runtime_options(device: Optional[str], threads: Optional[int], provider: Optional[str],
+                     delegate: Optional[str]) -> dict:
+    return {"device": device, "threads": threads, "providers": provider, "delegate": delegate}
+
+
 @app.command("eval")
 @user_errors
 def eval_command(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: str = typer.Argument(..., help=ARTIFACT_HELP),
     data: List[Path] = typer.Option(..., "--data", help="Benchmark folder(s) with HR/ and LR_bicubic/X<s>/ (repeatable)."),
     scale: Optional[int] = typer.Option(None, "--scale", help=SCALE_HELP),
     arch: Optional[str] = ARCH_OPTION,
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: Optional[str] = typer.Option(None, "--device", help="pytorch: cpu (default) or cuda."),
+    runtime: Optional[str] = RUNTIME_OPTION,
+    tile: Optional[int] = typer.Option(None, "--tile", help="Tile side (default: whole image; a fixed-size "
+                                       "artifact is always tiled at its input size)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Tile overlap (default per model)."),
+    threads: Optional[int] = THREADS_OPTION,
+    provider: Optional[str] = PROVIDER_OPTION,
+    delegate: Optional[str] = DELEGATE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """PSNR/SSIM on Y (BasicSR protocol), per image and mean, with the bicubic baseline."""
+    """PSNR/SSIM on Y (BasicSR protocol), per image and mean, with the bicubic baseline; any format."""
     from edgesr.evaluate import evaluate
-    from edgesr.models.descriptor import describe
-    from edgesr.models.inference import TorchUpscaler
+    from edgesr.upscale import open_upscaler
 
-    network = resolve_model(model, scale, arch)
-    model_scale = describe(network).scale
-    upscaler = TorchUpscaler(network, device)
-    results = [evaluate(upscaler, folder, model_scale, show_progress=stderr_is_terminal()) for folder in data]
+    upscaler = open_upscaler(model, scale, arch, runtime, tile, overlap, tile_by_default=False,
+                             **_runtime_options(device, threads, provider, delegate))
+    results = [evaluate(upscaler, folder, upscaler.scale, show_progress=stderr_is_terminal()) for folder in data]
     if as_json:
-        emit_json({"model": describe(network).to_dict(), "results": [r.to_dict() for r in results]})
+        runner = upscaler.runner
+        details = (describe_network(runner.network) if runner.info.format == "pytorch"
+                   else runner.info.to_dict())
+        emit_json({"model": details, "runner": upscaler.describe(), "results": [r.to_dict() for r in results]})
         return
+    tiling = upscaler.tiler.describe() if upscaler.tiler else None
+    typer.echo(f"{model} on {upscaler.runner.runtime}" + (
+        f", tiled {tiling['tile'][0]}x{tiling['tile'][1]} overlap {tiling['overlap']}" if tiling else ""))
     for result in results:
         typer.echo(f"{result.data} x{result.scale}")
         typer.echo(f"  {'image':<16} {'PSNR-Y':>8} {'SSIM-Y':>8} {'bicubic':>8}")
@@ -108,55 +133,100 @@ def eval_command(
                    f"{result.mean('bicubic_psnr_y'):8.2f}  (bicubic SSIM {result.mean('bicubic_ssim_y'):.4f})")
 
 
+def describe_network(network) -> dict:
+    from edgesr.models.descriptor import describe
+
+    return describe(network).to_dict()
+
+
 @app.command()
 @user_errors
 def upscale(
     inputs: List[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
-    model: str = typer.Option(..., "--model", help=MODEL_HELP),
+    model: str = typer.Option(..., "--model", help=ARTIFACT_HELP),
     out: Path = typer.Option(..., "-o", "--out", help="Output folder (created if missing)."),
     scale: Optional[int] = typer.Option(None, "--scale", help=SCALE_HELP),
     alpha: str = typer.Option("bicubic", "--alpha",
                               help="How the alpha channel is upscaled: 'bicubic' or 'model' (as grey through the network)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Tile side in LR pixels (default per model; 0: whole "
+                                       "image; a fixed-size artifact uses its input size)."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Context per tile side (default per model)."),
+    device: Optional[str] = typer.Option(None, "--device", help="pytorch: cpu (default) or cuda."),
+    runtime: Optional[str] = RUNTIME_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    provider: Optional[str] = PROVIDER_OPTION,
+    delegate: Optional[str] = DELEGATE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Upscale images; grey, RGBA and 16-bit PNG keep their kind in the output."""
-    from edgesr.imageio import list_images, read_image, write_image
-    from edgesr.models.descriptor import describe
-    from edgesr.models.inference import TorchUpscaler
-    from edgesr.progress import progress
-    from edgesr.upscale import output_path, upscale_image
+    """Upscale images, tiled (memory bounded by the tile); grey, RGBA and 16-bit PNG keep their kind."""
+    from edgesr.upscale import collect_jobs, open_upscaler, upscale_files
 
     if alpha not in ("bicubic", "model"):
         raise EdgeSRError(f"--alpha {alpha!r}: choose 'bicubic' or 'model'")
-    jobs = []
-    for root in inputs:
-        if not root.exists():
-            raise EdgeSRError(f"{root}: no such file or folder")
-        found = list_images(root)
-        if not found:
-            raise EdgeSRError(f"{root}: no images found (looked for png, jpg, bmp, tif, webp)")
-        jobs += [(source, output_path(source, root, out, None)) for source in found]
-    network = resolve_model(model, scale)
-    model_scale = describe(network).scale
-    upscaler = TorchUpscaler(network, device)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgeSRError(f"{out}: cannot create the output folder ({exc.strerror})") from None
-    written = []
-    for source, target in progress(jobs, desc="upscale", enabled=stderr_is_terminal()):
-        image = read_image(source)
-        result = upscale_image(upscaler, image, model_scale, alpha)  # type: ignore[arg-type]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_image(target, result)
-        written.append({"input": str(source), "output": str(target), "mode": image.mode,
-                        "size": [int(result.rgb.shape[0]), int(result.rgb.shape[1])]})
+    jobs = collect_jobs(inputs, out)
+    upscaler = open_upscaler(model, scale, None, runtime, tile, overlap, tile_by_default=True,
+                             **_runtime_options(device, threads, provider, delegate))
+    written = upscale_files(upscaler, jobs, out, alpha, show_progress=stderr_is_terminal())  # type: ignore[arg-type]
     if as_json:
-        emit_json({"scale": model_scale, "alpha": alpha, "images": written})
+        emit_json({"scale": upscaler.scale, "alpha": alpha, "runner": upscaler.describe(), "images": written})
         return
     alpha_note = f"; alpha upscaled by {alpha}" if any("alpha" in w["mode"] for w in written) else ""
-    typer.echo(f"upscaled {len(written)} image(s) x{model_scale} into {out}{alpha_note}")
+    typer.echo(f"upscaled {len(written)} image(s) x{upscaler.scale} into {out}{alpha_note}")
+
+
+@app.command("bench")
+@user_errors
+def bench_command(
+    model: Optional[str] = typer.Argument(None, help="An artifact (.onnx/.tflite/.mlpackage) or checkpoint "
+                                          "to time; omit it and give --model for the all-formats table."),
+    runtime: Optional[str] = RUNTIME_OPTION,
+    arch: Optional[str] = typer.Option(None, "--model", help="Table mode: model name or checkpoint to export "
+                                       "to every format and compare."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="Table mode: scale (needed for a model name)."),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="LR input HxW (default: the file's "
+                                             "own, else 256x256)."),
+    threads: Optional[int] = THREADS_OPTION,
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs first."),
+    iters: int = typer.Option(50, "--iters", help="Timed runs."),
+    provider: Optional[str] = PROVIDER_OPTION,
+    delegate: Optional[str] = DELEGATE_OPTION,
+    device: Optional[str] = typer.Option(None, "--device", help="pytorch: cpu or cuda."),
+    macs: Optional[int] = typer.Option(None, "--macs", help="MACs of one run, when they cannot be counted here."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Table mode: benchmark folder (e.g. Set5) for PSNR-Y."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Table mode: folder for artifacts, bench.json and "
+                                       "bench.csv (default bench-<arch>-x<scale>)."),
+    formats: Optional[str] = typer.Option(None, "--formats", help="Table mode: targets, e.g. onnx,tflite."),
+    in_process: bool = typer.Option(False, "--in-process", help="Measure in this process (peak RSS then "
+                                    "includes the CLI's own)."),
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Time one artifact in one runtime, or (no MODEL, --model NAME) every format in one table."""
+    size = parse_size(input_size) if input_size else None
+    if model is None:
+        if arch is None:
+            raise EdgeSRError("give an artifact to time (edgesr bench FILE) or --model NAME --scale S for the table")
+        from edgesr.bench_table import bench_matrix, format_table
+
+        table = bench_matrix(arch, scale, data=data, input_size=size, out_dir=out, warmup=warmup, iters=iters,
+                             threads=threads, formats=formats.split(",") if formats else None,
+                             show_progress=stderr_is_terminal())
+        if as_json:
+            emit_json(table)
+            return
+        for line in format_table(table):
+            typer.echo(line)
+        return
+    if arch is not None:
+        raise EdgeSRError("give either MODEL (one file to time) or --model (the all-formats table), not both")
+    from edgesr.bench import bench, format_result
+
+    result = bench(model, runtime, size, warmup, iters, macs, isolate=not in_process,
+                   **_runtime_options(device, threads, provider, delegate))
+    if as_json:
+        emit_json(result)
+        return
+    for line in format_result(result):
+        typer.echo(line)
 
 
 from edgesr.export.command import export_command  # noqa: E402

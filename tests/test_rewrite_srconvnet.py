@@ -38,9 +38,10 @@ def _make_every_branch_count(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def _small_model(scale: int = 2) -> nn.Module:
-    model = _make_every_branch_count(build(scale, **SMALL))
-    return attach(model, ModelInfo("srconvnet", scale, dict(SMALL), 255.0))
+def _small_model(scale: int = 2, **overrides) -> nn.Module:
+    hparams = {**SMALL, **overrides}
+    model = _make_every_branch_count(build(scale, **hparams))
+    return attach(model, ModelInfo("srconvnet", scale, hparams, 255.0))
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +109,10 @@ def test_dynamic_conv_forms_parity(model: nn.Module, form: str, batch: int, heig
 
 def test_dynamic_conv_parity_x4_batch_samples_differ() -> None:
     # Different images give different kernels: batch 2 must match per-sample runs.
-    model = _small_model(scale=4)
-    x = torch.cat([_input(1, 10, 11, seed=2), _input(1, 10, 11, seed=3) * 0.3])
+    model = _small_model(scale=4, num_blocks=1)
+    x = torch.cat([_input(1, 8, 11, seed=2), _input(1, 8, 11, seed=3) * 0.3])
     for form in FORMS:
-        rewritten = dynamic_conv_static(fourier_as_dft(model, (10, 11)), form)
+        rewritten = dynamic_conv_static(fourier_as_dft(model, (8, 11)), form)
         assert _max_error(rewritten, model, x) <= TOLERANCE
 
 
@@ -167,8 +168,9 @@ def test_rewritten_model_loads_official_state_dict(model: nn.Module) -> None:
 def test_prepare_for_export_picks_rewrites(model: nn.Module, target: str) -> None:
     fixed = prepare_for_export(model, target, (24, 32))
     names = [entry["name"] for entry in fixed.edgesr_rewrites]
-    # Registration order follows import order; both must be there, once each.
-    assert sorted(names) == ["dynamic_conv_static", "fourier_as_dft"]
+    # Registration order follows import order; both must be there, once each
+    # (other modules in REWRITE_MODULES may add their own rewrites).
+    assert names.count("fourier_as_dft") == 1 and names.count("dynamic_conv_static") == 1
     assert not any(isinstance(m, (FourierUnit, DynamicDepthwiseConv2d)) for m in fixed.modules())
     units = [m for m in fixed.modules() if isinstance(m, DFTFourierUnit)]
     assert len(units) == SMALL["num_blocks"] and all(u.size == (24, 32) for u in units)
@@ -201,8 +203,7 @@ def _conv_weight_is_constant(graph) -> bool:
 def test_exported_onnx_has_no_dft_and_constant_conv_weights(tmp_path) -> None:
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
-    model = _small_model()
-    model = attach(model, ModelInfo("srconvnet", 2, dict(SMALL), 255.0))
+    model = _small_model(num_blocks=1)
     prepared = prepare_for_export(model, "onnx", (12, 14))
     path = tmp_path / "small.onnx"
     x = _input(1, 12, 14)

@@ -23,7 +23,8 @@ from torch import nn
 
 from edgesr.errors import EdgeSRError, MissingDependencyError
 
-PRECISIONS = ("fp32", "fp16")
+# int8: weights and activations (calibrated); w8: int8 weights, float activations.
+PRECISIONS = ("fp32", "fp16", "int8", "w8")
 DEVICES = ("cpu", "cuda")
 VALUE_RANGE = "RGB float32 [0,1] in and out, clamped"
 METADATA_PREFIX = "edgesr."
@@ -39,7 +40,16 @@ OPTION_FLAGS: Mapping[str, str] = {
     "image_io": "--image-io",
     "shapes": "--shapes",
     "min_ios": "--min-ios",
+    # Quantization and quality (edgesr.quantize): every target takes them (QUANT_OPTIONS).
+    "calib": "--calib",
+    "calib_count": "--calib-count",
+    "calib_method": "--calib-method",
+    "val": "--val",
+    "max_psnr_drop": "--max-psnr-drop",
+    "keep_float": "--keep-float",
+    "int_io": "--int-io",
 }
+QUANT_OPTIONS = frozenset({"calib", "calib_count", "calib_method", "val", "max_psnr_drop", "keep_float"})
 
 
 class ParityUnavailable(Exception):
@@ -58,6 +68,15 @@ class ExportOptions:
     # Extra (H, W) sizes a CoreML model accepts (EnumeratedShapes); input_size is the default.
     shapes: tuple[tuple[int, int], ...] = ()
     min_ios: int | None = None
+    # Quantization (see edgesr.quantize): calibration images, patch count and range method,
+    # validation images, PSNR budget in dB, op groups kept float (replay), 8-bit TFLite I/O.
+    calib: str | None = None
+    calib_count: int = 64
+    calib_method: str = "minmax"
+    val: str | None = None
+    max_psnr_drop: float | None = None
+    keep_float: tuple[str, ...] = ()
+    int_io: bool = False
     device: str = "cpu"
     # Smallest LR side the architecture takes (set by the pipeline, not by the user).
     min_side: int = 1

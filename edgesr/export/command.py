@@ -64,6 +64,13 @@ def export_command(
     shapes: Optional[str] = typer.Option(None, "--shapes", help="coreml: more input sizes, e.g. 64x64,128x128."),
     min_ios: Optional[int] = typer.Option(None, "--min-ios", help="coreml: minimum iOS version (default 16)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the PyTorch reference also runs."),
+    delegate_ready: Optional[bool] = typer.Option(
+        None, "--delegate-ready/--no-delegate-ready",
+        help="Fail when the target's delegate analyzer reports a split graph "
+             "(default: on for tflite and coreml, off for onnx)."),
+    allow_partial_delegation: bool = typer.Option(
+        False, "--allow-partial-delegation",
+        help="Keep a file whose graph the delegate would split (the report still says so)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Export to ONNX, TFLite or CoreML, check it against PyTorch, write a report beside it."""
@@ -76,6 +83,7 @@ def export_command(
     network = _load_model(model, arch, weights, scale)
     report = export(network, target, input_size=size, precision=precision, dynamic=dynamic,
                     out_dir=out, name=name, check=not no_check, device=device,
+                    delegate_ready=delegate_ready, allow_partial_delegation=allow_partial_delegation,
                     **{k: v for k, v in extra.items() if v is not None})
     if as_json:
         emit_json(report.to_dict())
@@ -99,6 +107,8 @@ def export_command(
             typer.echo(f"  {check['input']} vs {check['reference']} on {check['runtime']}: "
                        f"max abs {_figure(check['max_abs'], '.2e')}, mean abs {_figure(check['mean_abs'], '.2e')}, "
                        f"PSNR {_figure(check['psnr'], '.1f')} dB: {check['status']}")
+    if report.readiness:
+        typer.echo(f"readiness: {report.readiness.get('summary', '-')}")
     for note in report.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"report: {report.report}")

@@ -19,7 +19,14 @@ import torch
 from torch import nn
 
 from edgesr.errors import EdgeSRError
-from edgesr.export.base import ExportOptions, ParityUnavailable, Target, first_line, require
+from edgesr.export.base import (
+    QUANT_OPTIONS,
+    ExportOptions,
+    ParityUnavailable,
+    Target,
+    first_line,
+    require,
+)
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
@@ -53,7 +60,7 @@ class ScaleOutput(nn.Module):
 class CoreMLTarget(Target):
     name = "coreml"
     suffix = ".mlpackage"
-    options = frozenset({"image_io", "shapes", "min_ios"})
+    options = frozenset({"image_io", "shapes", "min_ios"}) | QUANT_OPTIONS
     requires = (("coremltools", "coremltools"),)
     runtime = "CoreML MLModel.predict (macOS only)"
 

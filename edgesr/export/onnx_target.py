@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from edgesr.errors import EdgeSRError
-from edgesr.export.base import ExportOptions, ParityUnavailable, Target, first_line, require
+from edgesr.export.base import (
+    QUANT_OPTIONS,
+    ExportOptions,
+    ParityUnavailable,
+    Target,
+    first_line,
+    require,
+)
 
 OPSET = 18
 INPUT_NAME = "input"
@@ -24,7 +31,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 class OnnxTarget(Target):
     name = "onnx"
     suffix = ".onnx"
-    options = frozenset({"dynamic"})
+    options = frozenset({"dynamic"}) | QUANT_OPTIONS
     requires = (("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime"))
     runtime = "onnxruntime CPUExecutionProvider"
 

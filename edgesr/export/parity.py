@@ -33,6 +33,8 @@ PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
 class Tolerance:
     max_abs: float | None = None
     min_psnr: float | None = None
+    # Said instead of the limits when there are none (int8/w8: judged by PSNR-Y elsewhere).
+    note: str | None = None
 
     def accepts(self, max_abs: float, value_psnr: float) -> bool:
         if self.max_abs is not None and not max_abs <= self.max_abs:
@@ -47,10 +49,16 @@ class Tolerance:
             parts.append(f"max abs <= {self.max_abs:g}")
         if self.min_psnr is not None:
             parts.append(f"PSNR >= {self.min_psnr:g} dB")
-        return " and ".join(parts)
+        return " and ".join(parts) or (self.note or "none")
 
 
 def tolerance_for(options: ExportOptions) -> Tolerance:
+    if options.precision in ("int8", "w8"):
+        # An fp32 max-abs limit makes no sense for 8-bit weights/activations: the figures
+        # below are recorded, and quality is judged by PSNR-Y against the float model on
+        # the validation set (the report's quantization section, --max-psnr-drop).
+        return Tolerance(note=f"none for {options.precision}: judged by PSNR-Y against the float "
+                              f"model on the validation set (see quantization)")
     if options.precision == "fp16":
         return Tolerance(min_psnr=FP16_MIN_PSNR)
     if options.image_io:

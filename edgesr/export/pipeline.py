@@ -1,5 +1,5 @@
 """One export, whatever the target: validate → prepare → wrap → convert → metadata →
-parity → atomic move → report.
+delegate readiness → parity → atomic move → report.
 
 The final path only ever holds an artifact that passed its checks (or whose checks
 could not run, which the report says in words): conversion happens in a temporary
@@ -21,6 +21,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from edgesr import quantize
 from edgesr.errors import EdgeSRError
 from edgesr.export.base import (
     DEVICES,
@@ -32,6 +33,10 @@ from edgesr.export.base import (
     stdout_to_stderr,
 )
 from edgesr.export.parity import FAILED, NOT_RUN, ParityResult, check_parity
+
+# Targets on which --delegate-ready is on unless turned off: a mobile file whose
+# accelerator (LiteRT GPU delegate, Neural Engine) would take only part of it fails.
+DELEGATE_READY_BY_DEFAULT = frozenset({"tflite", "coreml"})
 
 # name -> "module:Class"; imported on use so that one target's dependencies are not
 # needed for another.
@@ -77,6 +82,10 @@ class ExportReport:
     timings_s: dict[str, float] = field(default_factory=dict)
     random_weights: bool = False
     notes: list[str] = field(default_factory=list)
+    # int8/w8 (or --val): calibration, PSNR-Y float vs artifact, delta, size, latency, budget.
+    quantization: dict[str, Any] | None = None
+    # The runtimes' own judges of the file (edgesr.export.readiness.Readiness.to_dict).
+    readiness: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +121,9 @@ def validate(target: Target, options: ExportOptions, model: nn.Module) -> Export
             raise EdgeSRError(f"input size {size[0]}x{size[1]} is below {info.arch}'s minimum "
                               f"of {minimum}x{minimum}")
     target.check_options(options)
+    from edgesr.quantize import check_options as check_quantization
+
+    check_quantization(options, target)
     target.check_dependencies()
     return ExportOptions(**{**asdict(options), "min_side": minimum})
 
@@ -154,6 +166,13 @@ def build_metadata(info, options: ExportOptions, rewrites: list[dict]) -> dict[s
     if options.shapes:
         metadata["edgesr.shapes"] = ",".join(f"{h}x{w}" for h, w in [options.input_size, *options.shapes])
     return metadata
+
+
+def _readiness(target: str, path: Path, options: ExportOptions):
+    from edgesr.export.readiness import analyze
+
+    with stdout_to_stderr():
+        return analyze(target, path, precision=options.precision)
 
 
 def _stderr_stage(message: str) -> None:
@@ -219,6 +238,8 @@ def export(
     check: bool = True,
     device: str = "cpu",
     stage: Stage | None = None,
+    delegate_ready: bool | None = None,
+    allow_partial_delegation: bool = False,
     **target_options: Any,
 ) -> ExportReport:
     """Export ``model`` (from edgesr.load/create) to ``target``; see the module docstring.
@@ -227,6 +248,11 @@ def export(
     min_ios (coreml). Raises EdgeSRError for bad input (nothing written) and for a
     failed export or parity check (nothing at the final path; a failed parity check
     leaves ``<name><suffix>.failed.report.json`` saying why).
+
+    Every export runs the target's delegate analyzer (``edgesr.export.readiness``) and
+    records it under ``readiness``. With ``delegate_ready`` (default: on for tflite and
+    coreml, off for onnx) a split graph fails the export like a failed parity check,
+    unless ``allow_partial_delegation``.
     """
     from edgesr.models.contract import with_unit_range
     from edgesr.models.descriptor import describe
@@ -236,6 +262,8 @@ def export(
     if unknown:
         raise EdgeSRError(f"unknown export option(s) {', '.join(unknown)}; known: {', '.join(OPTION_FLAGS)}")
     chosen = get_target(target)
+    if delegate_ready is None:
+        delegate_ready = chosen.name in DELEGATE_READY_BY_DEFAULT
     shapes = tuple(tuple(int(v) for v in s) for s in (target_options.pop("shapes", None) or ()))
     options = ExportOptions(input_size=(int(input_size[0]), int(input_size[1])), precision=str(precision),
                             dynamic=bool(dynamic), shapes=shapes, device=str(device),
@@ -271,13 +299,28 @@ def export(
         # The artifact is written under its final name inside the temporary folder, so
         # that no temporary name can end up inside the file.
         staged = work / final.name
+        quantization = None
         with stdout_to_stderr(), torch.inference_mode(False), torch.no_grad():
-            chosen.convert(module, chosen.example_input(options), options, staged)
+            if quantize.wanted(options):  # int8/w8, or a PSNR-Y check asked for (--val/--calib)
+                quantization = quantize.convert(chosen, module, chosen.example_input(options), options,
+                                                staged, with_unit_range(model).eval(), info, stage)
+            else:
+                chosen.convert(module, chosen.example_input(options), options, staged)
         if not staged.exists():
             raise EdgeSRError(f"{chosen.name} conversion produced no file")
         metadata = build_metadata(info, options, rewrites)
         chosen.write_metadata(staged, metadata)
         timings["convert"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        stage(f"analysing delegate readiness of the {chosen.name} file")
+        readiness = _readiness(chosen.name, staged, options)
+        timings["readiness"] = time.perf_counter() - started
+        refused = bool(delegate_ready and not allow_partial_delegation and readiness.split)
+        if delegate_ready and readiness.split is None:
+            notes.append(f"delegate readiness not checked: {readiness.summary()}")
+        if refused:
+            check = False
 
         parity: ParityResult | None = None
         if check:
@@ -296,8 +339,20 @@ def export(
             metadata=metadata, rewrites=rewrites,
             parity=parity.to_dict() if parity else None,
             timings_s={k: round(v, 3) for k, v in timings.items()},
-            random_weights=info.sha256 is None, notes=notes,
+            random_weights=info.sha256 is None, notes=notes, quantization=quantization,
+            readiness={**readiness.to_dict(), "policy": {
+                "delegate_ready": bool(delegate_ready),
+                "allow_partial_delegation": bool(allow_partial_delegation)}},
         )
+        if refused:
+            report.artifact = None
+            report.report = str(failed_report_path)
+            report.status = "failed"
+            _write_json(failed_report_path, report.to_dict())
+            raise EdgeSRError(
+                f"{chosen.name} file is not delegate-ready ({readiness.summary()}); no artifact written, "
+                f"see {failed_report_path}. Pass --allow-partial-delegation to keep a split graph "
+                f"or --no-delegate-ready to skip the policy")
         if parity is not None and parity.status == FAILED:
             report.artifact = None
             report.report = str(failed_report_path)

@@ -11,6 +11,7 @@ from torch import nn
 
 from edgesr.errors import EdgeSRError
 from edgesr.export.base import (
+    QUANT_OPTIONS,
     ChannelsLast,
     ExportOptions,
     ParityUnavailable,
@@ -26,7 +27,7 @@ METADATA_NAME = "edgesr"
 class TFLiteTarget(Target):
     name = "tflite"
     suffix = ".tflite"
-    options = frozenset({"nhwc"})
+    options = frozenset({"nhwc", "int_io"}) | QUANT_OPTIONS
     requires = (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert"))
     runtime = "ai_edge_litert Interpreter (CPU, XNNPACK)"
 

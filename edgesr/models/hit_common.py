@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgesr.models.registry import StateDict
+from edgesr.models.registry import ArchSpec, StateDict, register
 
 RGB_MEAN = (0.4488, 0.4371, 0.4040)  # DIV2K mean, subtracted inside the network
 RECONSTRUCTION_CHANNELS = 64  # hidden width of the 'pixelshuffle' and 'nearest+conv' heads
@@ -607,3 +607,28 @@ def read_hparams(
         "img_range": DEFAULT_HPARAMS["img_range"],
         "patch_norm": "patch_embed.norm.weight" in state_dict,
     }
+
+
+def detector(variant: str) -> Callable[[StateDict], dict[str, Any] | None]:
+    """detect() for a variant whose hyperparameters ``read_hparams`` reads on its own."""
+
+    def detect(state_dict: StateDict) -> dict[str, Any] | None:
+        return read_hparams(state_dict) if variant_of(state_dict) == variant else None
+
+    return detect
+
+
+def register_variant(
+    name: str, make_block: BlockFactory, detect: Callable[[StateDict], dict[str, Any] | None]
+) -> ArchSpec:
+    """Register one HiT-SR variant: the three differ only in their block and detection."""
+
+    def build(scale: int, **hparams: Any) -> nn.Module:
+        return build_network(name, make_block, scale, hparams)
+
+    compact = name.replace("-", "")
+    return register(ArchSpec(
+        name=name, paper=PAPER, input_range=1.0, scales=(2, 3, 4), defaults=DEFAULT_HPARAMS,
+        build=build, detect=detect, license=LICENSE,
+        aliases=(name.replace("-", "_"), compact),
+    ))

@@ -15,20 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgesr.models.hit_common import (
-    DEFAULT_HPARAMS,
-    LICENSE,
-    PAPER,
     FeedForward,
     HierarchicalTransformerBlock,
     SpatialChannelCorrelation,
     WindowSize,
-    build_network,
     read_hparams,
+    register_variant,
     relative_position_index,
     variant_of,
     window_partition,
 )
-from edgesr.models.registry import ArchSpec, StateDict, register
+from edgesr.models.registry import StateDict
 
 NAME = "hit-sng"
 # The official correlation hard-codes 2-grams: each window attends to a 2x2 window neighbourhood.
@@ -127,10 +124,6 @@ def make_block(
     )
 
 
-def build(scale: int, **hparams: Any) -> nn.Module:
-    return build_network(NAME, make_block, scale, hparams)
-
-
 def detect(state_dict: StateDict) -> dict[str, Any] | None:
     if variant_of(state_dict) != "sng":
         return None
@@ -148,16 +141,4 @@ def detect(state_dict: StateDict) -> dict[str, Any] | None:
     return read_hparams(state_dict, window_sizes)
 
 
-SPEC = register(
-    ArchSpec(
-        name=NAME,
-        paper=PAPER,
-        input_range=1.0,
-        scales=(2, 3, 4),
-        defaults=DEFAULT_HPARAMS,
-        build=build,
-        detect=detect,
-        license=LICENSE,
-        aliases=("hit_sng", "hitsng"),
-    )
-)
+SPEC = register_variant(NAME, make_block, detect)

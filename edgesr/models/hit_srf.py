@@ -5,23 +5,17 @@ branch (ConvFFN) for local context.
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
 
 from edgesr.models.hit_common import (
-    DEFAULT_HPARAMS,
-    LICENSE,
-    PAPER,
     HierarchicalTransformerBlock,
     SpatialChannelCorrelation,
     WindowSize,
-    build_network,
-    read_hparams,
-    variant_of,
+    detector,
+    register_variant,
 )
-from edgesr.models.registry import ArchSpec, StateDict, register
 
 NAME = "hit-srf"
 
@@ -63,24 +57,4 @@ def make_block(
     )
 
 
-def build(scale: int, **hparams: Any) -> nn.Module:
-    return build_network(NAME, make_block, scale, hparams)
-
-
-def detect(state_dict: StateDict) -> dict[str, Any] | None:
-    return read_hparams(state_dict) if variant_of(state_dict) == "srf" else None
-
-
-SPEC = register(
-    ArchSpec(
-        name=NAME,
-        paper=PAPER,
-        input_range=1.0,
-        scales=(2, 3, 4),
-        defaults=DEFAULT_HPARAMS,
-        build=build,
-        detect=detect,
-        license=LICENSE,
-        aliases=("hit_srf", "hitsrf"),
-    )
-)
+SPEC = register_variant(NAME, make_block, detector("srf"))

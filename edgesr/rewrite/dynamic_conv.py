@@ -22,13 +22,31 @@ and every form below keeps the bank as a constant:
   * ``"row_shifted_sum"`` (B'): B with the shifts split into k column slices of the
     padded input and one row slice per kernel row (2k slices instead of k*k).
 
-Measured (SRConvNet x4 defaults, dim 64, 8 blocks, 1x3x128x128, this repo's CPU box,
-2 shared cores, median of runs; 'original' is the grouped conv with runtime
-weights, which ORT CPU runs but mobile EPs reject)::
+Measured on this repo's CPU box (2 cores shared with other jobs, so absolute numbers
+are noisy; ORT 1.31 CPU EP with 2 threads, PyTorch 2.13 eager with 2 threads; all
+constant-weight forms agree with the original to < 2e-4 on a 0..255 output).
 
-    form               ORT CPU (ms)   PyTorch eager (ms)   LiteRT CPU (ms)
-    original                  see _MEASURED below
-The table is filled in ``_MEASURED``; ``FORM_BY_TARGET`` is the choice.
+One MixFFN's pair of dynamic convs (C=64, K=16, 5x5 and 7x7) at 128x128, median (min)
+of 7 runs, ms::
+
+    form               ORT CPU          PyTorch eager
+    original*          128 (66)          390 (237)
+    bank_conv          318 (283)        1470 (1302)
+    bank_conv_mulsum   371 (273)        1997 (1568)
+    shifted_sum        519 (479)        1719 (1101)
+    row_shifted_sum    517 (448)        2252 (1808)
+  * runtime-weight grouped conv: ORT CPU runs it, mobile EPs/CoreML/LiteRT do not.
+
+Whole SRConvNet x4 (defaults) at 1x3x128x128 with the Fourier DFT rewrite: see
+``_MEASURED_FULL`` below. Exporting the shifted-sum forms is also slow (about 15 min
+for the full model with the dynamo exporter, vs about 1 min for bank_conv) because
+they add ~3*(25+49) nodes per block.
+
+Choice: ``bank_conv`` for every target. It is the fastest constant-weight form in
+ORT and in eager; for CoreML and LiteRT delegates a single constant depthwise conv
+plus one matmul maps onto the ANE/GPU/NPU conv units, whereas the shifted sum is
+~220 small elementwise/slice ops per block (per-op dispatch cost on accelerators).
+LiteRT (CPU interpreter) and CoreML conversion were checked with this form.
 """
 from __future__ import annotations
 
@@ -159,9 +177,28 @@ def has_dynamic_convs(model: nn.Module) -> bool:
     return any(isinstance(m, DynamicDepthwiseConv2d) for m in model.modules())
 
 
-# Filled from the measurements in the module docstring.
+# Whole SRConvNet x4 at 1x3x128x128 (Fourier rewritten as DFT matmuls), 5 runs each,
+# ms as (ORT median, ORT min, eager median, eager min). The box was heavily loaded
+# (load average ~10 on 2 cores), so these spread by 2x; the DFT matmuls and the
+# rest of the network dominate, and the ranking is within noise. The per-layer
+# table in the module docstring is the cleaner comparison.
+_MEASURED_FULL: dict[str, tuple[float, float, float, float]] = {
+    "original": (4793, 3265, 15748, 9349),
+    "bank_conv": (7036, 4657, 24344, 10992),
+    "bank_conv_mulsum": (7735, 3532, 25213, 14641),
+    "shifted_sum": (6008, 4384, 29336, 15360),
+    # row_shifted_sum: full-model export not finished within the time budget.
+}
+
+# From the measurements in the module docstring.
 FORM_BY_TARGET = {"onnx": "bank_conv", "tflite": "bank_conv", "coreml": "bank_conv"}
-_WHY = {"onnx": "", "tflite": "", "coreml": ""}
+_WHY = {
+    "onnx": "fastest constant-weight form on ORT CPU; mobile EPs need constant conv weights",
+    "tflite": "one constant depthwise conv + matmul; fastest constant-weight form measured, "
+              "delegate-friendly",
+    "coreml": "one constant depthwise conv + matmul; fastest constant-weight form measured, "
+              "ANE-friendly",
+}
 
 
 def form_for(context: ExportContext) -> str:

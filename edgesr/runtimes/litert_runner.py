@@ -76,9 +76,12 @@ class LiteRTRunner(Runner):
 
 
 def _gpu_delegate(lib):
+    import ctypes
+
     reasons = []
     for library in GPU_DELEGATE_LIBRARIES:
         try:
+            ctypes.CDLL(library)  # probe first: a failed load_delegate warns from __del__
             return lib.load_delegate(library)
         except (OSError, ValueError, RuntimeError) as exc:
             reasons.append(first_line(exc))

@@ -304,6 +304,7 @@ def _run(config: TrainConfig, ctx: ddp.Dist) -> nn.Module:
     total = elapsed + time.perf_counter() - started
     if ctx.enabled:
         difference = ddp.max_param_difference(model, ctx)
+        log.record({"iter": iteration, "ranks_max_weight_difference": difference})
         log.say(f"ranks in sync: largest weight difference between ranks {difference:g}")
     log.record({"done": iteration, "elapsed_s": total, "best": best})
     log.say(f"done: {iteration} iterations in {total / 60:.1f} min; checkpoints in {out} "

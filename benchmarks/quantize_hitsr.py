@@ -1,0 +1,133 @@
+"""Quantized exports of the real HiT-SRF x4 checkpoint: size, PSNR-Y, delta, latency.
+
+    .venv/bin/python benchmarks/quantize_hitsr.py [--targets onnx,tflite,coreml] [--size 128]
+
+Calibration on ../shared/data/train/BSD200 (64 patches), validation (and the budget
+search) on Set5, a second validation on Set14; every artifact runs in its own runtime
+(onnxruntime CPU, LiteRT XNNPACK) at 1x3xSxS. Writes docs/quantization.md (table) and
+docs/quantization.json (every export report). Timings on shared CPUs are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO))
+
+# (target, precision, extra export options)
+PLAN = {
+    "onnx": [("fp32", {}), ("fp16", {}), ("w8", {}), ("int8", {}), ("int8", {"max_psnr_drop": 0.1})],
+    "tflite": [("fp32", {}), ("fp16", {}), ("int8", {})],
+    "coreml": [("fp16", {}), ("w8", {}), ("int8", {})],
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="onnx,tflite,coreml")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--calib-count", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=REPO / "docs")
+    args = parser.parse_args()
+
+    from edgesr.calibration import validation_set
+    from edgesr.export.pipeline import export
+    from edgesr.models.contract import with_unit_range
+    from edgesr.models.loading import load
+    from edgesr.quantize.quality import artifact_fn, measure_psnr, torch_batch_fn
+
+    weights = SHARED / "weights" / "HiTNet.pth"
+    if not weights.exists():
+        print(f"{weights} is absent: nothing to benchmark", file=sys.stderr)
+        return 1
+    model = load(weights)
+    tile = (args.size, args.size)
+    set14 = validation_set(4, SHARED / "Set14")
+    float_set14 = measure_psnr(torch_batch_fn(with_unit_range(model).eval()), set14, tile, "hit-srf").psnr_y
+    rows, reports = [], []
+    out_dir = Path(tempfile.mkdtemp(prefix="edgesr-quant-bench-"))
+    for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        for precision, extra in PLAN[target]:
+            label = f"{target} {precision}" + (" (budget 0.1 dB)" if extra.get("max_psnr_drop") else "")
+            print(f"[bench] {label}", file=sys.stderr, flush=True)
+            started = time.perf_counter()
+            try:
+                report = export(model, target, input_size=tile, precision=precision, out_dir=out_dir,
+                                name=f"hitnet_{target}_{precision}{'_budget' if extra else ''}",
+                                calib=str(SHARED / "train" / "BSD200"), calib_count=args.calib_count,
+                                val=str(SHARED / "Set5"), delegate_ready=False, **extra)
+            except Exception as exc:  # a row that failed says so in the table
+                rows.append({"label": label, "error": str(exc).splitlines()[0][:200]})
+                print(f"[bench] {label}: {exc}", file=sys.stderr, flush=True)
+                continue
+            q = report.quantization or {}
+            row = {"label": label, "size_mb": report.size_bytes / 1e6,
+                   "set5_float": (q.get("float") or {}).get("psnr_y"),
+                   "set5": (q.get("quantized") or {}).get("psnr_y"), "set5_delta": q.get("delta_db"),
+                   "latency_ms": (q.get("latency_ms") or {}).get(precision),
+                   "latency_fp32_ms": (q.get("latency_ms") or {}).get("fp32"),
+                   "speedup": (q.get("latency_ms") or {}).get("speedup_vs_fp32"),
+                   "kept_float": (q.get("kept_float") or {}).get("groups"),
+                   "seconds": round(time.perf_counter() - started, 1), "note": q.get("quality_note")}
+            try:
+                row["set14"] = measure_psnr(artifact_fn(Path(report.artifact)), set14, tile, "hit-srf").psnr_y
+                row["set14_delta"] = row["set14"] - float_set14
+            except Exception as exc:
+                row["set14"] = None
+                row["note"] = (row.get("note") or "") + f" Set14 not run: {str(exc).splitlines()[0][:120]}"
+            rows.append(row)
+            reports.append(report.to_dict())
+            _write(args.out, rows, reports, float_set14, tile)
+    _write(args.out, rows, reports, float_set14, tile)
+    return 0
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _write(out: Path, rows, reports, float_set14: float, tile) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    float_set5 = next((r["set5_float"] for r in rows if r.get("set5_float") is not None), None)
+    lines = [
+        "# Quantized exports of HiT-SRF x4 (HiTNet.pth)",
+        "",
+        f"Produced by `benchmarks/quantize_hitsr.py` on {platform.machine()} Linux "
+        f"({platform.processor() or 'CPU'}), shared CPU cores: latencies are noisy, compare rows "
+        f"of one run only. Input 1x3x{tile[0]}x{tile[1]}; images are run in fixed "
+        f"{tile[0]}x{tile[1]} tiles (edgesr.tiling) by the float model and by every artifact alike.",
+        "Calibration: 64 LR patches from `train/BSD200`; budget search and Set5 figures on Set5; "
+        "Set14 is a second, untouched validation set.",
+        "",
+        f"Float (PyTorch fp32, same tiling): Set5 {_fmt(float_set5, '.3f')} dB, Set14 {float_set14:.3f} dB PSNR-Y.",
+        "",
+        "| target × precision | size MB | Set5 PSNR-Y | Δ Set5 dB | Set14 PSNR-Y | Δ Set14 dB | "
+        "latency ms | fp32 latency ms (same run) | speed-up | kept in float |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['label']} | failed: {r['error']} |||||||||")
+            continue
+        lines.append(
+            f"| {r['label']} | {r['size_mb']:.2f} | {_fmt(r['set5'], '.3f')} | {_fmt(r['set5_delta'], '+.3f')} | "
+            f"{_fmt(r.get('set14'), '.3f')} | {_fmt(r.get('set14_delta'), '+.3f')} | "
+            f"{_fmt(r['latency_ms'], '.0f')} | {_fmt(r['latency_fp32_ms'], '.0f')} | "
+            f"{_fmt(r['speedup'], '.2f')}x | {', '.join(r['kept_float'] or []) or '-'} |")
+    notes = [r for r in rows if r.get("note")]
+    if notes:
+        lines += ["", "Notes:"] + [f"- {r['label']}: {r['note']}" for r in notes]
+    (out / "quantization.md").write_text("\n".join(lines) + "\n")
+    (out / "quantization.json").write_text(json.dumps({"rows": rows, "reports": reports}, indent=1,
+                                                      default=str) + "\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

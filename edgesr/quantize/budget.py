@@ -1,0 +1,108 @@
+"""The PSNR budget: which op groups to keep in float so that int8 costs at most N dB.
+
+Sensitivity analysis: each group is quantized alone (everything else float) and its
+PSNR-Y cost against the float model measured; then, starting from the fully
+quantized model, the costliest groups are moved back to float one by one until the
+budget holds. The target supplies ``measure(keep_float_groups) -> PSNR-Y``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from edgesr.errors import EdgeSRError
+
+# More than this fraction of the compute ops in float: "most of the network".
+MOST_IN_FLOAT = 0.5
+
+Measure = Callable[[Sequence[str]], float]
+Stage = Callable[[str], None]
+
+
+@dataclass
+class GroupCost:
+    group: str
+    nodes: int
+    psnr_y: float  # with only this group quantized
+    cost_db: float  # float PSNR-Y - psnr_y
+
+
+@dataclass
+class BudgetResult:
+    budget_db: float
+    float_psnr_y: float
+    plain_psnr_y: float
+    met: bool
+    kept_float: list[str] = field(default_factory=list)
+    final_psnr_y: float | None = None
+    sensitivity: list[GroupCost] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    float_fraction: float = 0.0
+    verdict: str = ""
+
+    @property
+    def plain_delta_db(self) -> float:
+        return self.plain_psnr_y - self.float_psnr_y
+
+    @property
+    def final_delta_db(self) -> float | None:
+        return None if self.final_psnr_y is None else self.final_psnr_y - self.float_psnr_y
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["plain_delta_db"] = round(self.plain_delta_db, 4)
+        data["final_delta_db"] = None if self.final_delta_db is None else round(self.final_delta_db, 4)
+        return data
+
+
+def search(groups: Mapping[str, Sequence[str]], measure: Measure, float_psnr: float, plain_psnr: float,
+           budget_db: float, weight: Callable[[Sequence[str]], float] | None = None,
+           stage: Stage | None = None) -> BudgetResult:
+    """Keep the costliest groups in float until ``float - psnr <= budget_db``.
+
+    ``weight(groups)`` is the fraction of the network those groups hold (default: the
+    node count share); above MOST_IN_FLOAT the result says plainly that the budget was
+    met only by leaving most of the network in float.
+    """
+    if budget_db < 0:
+        raise EdgeSRError(f"--max-psnr-drop {budget_db}: give a drop in dB >= 0")
+    stage = stage or (lambda message: None)
+    total = sum(len(v) for v in groups.values()) or 1
+    weight = weight or (lambda names: sum(len(groups[n]) for n in names) / total)
+    result = BudgetResult(budget_db, float_psnr, plain_psnr, met=float_psnr - plain_psnr <= budget_db,
+                          final_psnr_y=plain_psnr)
+    if result.met:
+        result.verdict = f"plain int8 is within the {budget_db:g} dB budget: nothing kept in float"
+        return result
+    names = list(groups)
+    for index, group in enumerate(names):
+        stage(f"sensitivity {index + 1}/{len(names)}: {group} ({len(groups[group])} nodes) quantized alone")
+        value = measure([other for other in names if other != group])
+        result.sensitivity.append(GroupCost(group, len(groups[group]), round(value, 4),
+                                            round(float_psnr - value, 4)))
+    order = [c.group for c in sorted(result.sensitivity, key=lambda c: -c.cost_db)]
+    kept: list[str] = []
+    for group in order:
+        kept.append(group)
+        if len(kept) == len(order):
+            value = float_psnr  # everything in float is the float model
+        else:
+            stage(f"budget: keeping {', '.join(kept)} in float")
+            value = measure(list(kept))
+        result.steps.append({"kept_float": list(kept), "psnr_y": round(value, 4),
+                             "delta_db": round(value - float_psnr, 4)})
+        if float_psnr - value <= budget_db:
+            result.met = True
+            result.kept_float, result.final_psnr_y = list(kept), value
+            break
+    result.float_fraction = round(weight(result.kept_float), 4) if result.met else 1.0
+    if not result.met:
+        result.verdict = f"no choice of float groups meets the {budget_db:g} dB budget"
+    elif result.float_fraction > MOST_IN_FLOAT:
+        result.verdict = (f"the {budget_db:g} dB budget is met only by leaving most of the network in "
+                          f"float ({result.float_fraction:.0%} of its compute ops: "
+                          f"{', '.join(result.kept_float)})")
+    else:
+        result.verdict = (f"kept {', '.join(result.kept_float)} in float "
+                          f"({result.float_fraction:.0%} of the compute ops) to meet {budget_db:g} dB")
+    return result

@@ -1,0 +1,298 @@
+"""ONNX int8 (onnxruntime static quantization, QDQ) and w8 (int8 weights + DequantizeLinear).
+
+int8: the float graph goes through onnxruntime's quantization pre-processing
+(``quant_pre_process``: optimisation + shape inference), is calibrated once on the
+calibration patches (ranges cached, so the budget search re-quantizes without
+re-calibrating), then quantized in QDQ format with per-channel symmetric int8
+weights and uint8 activations (U8S8, what onnxruntime's CPU kernels run fastest).
+Nodes listed in ``keep_float`` are left out of quantization.
+
+w8: weight-only: every Conv/ConvTranspose/MatMul/Gemm weight initializer is stored
+as per-output-channel symmetric int8 with a DequantizeLinear in front; activations
+stay float32 (smaller file, float compute).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgesr.calibration import CalibrationSet
+from edgesr.errors import EdgeSRError
+from edgesr.export.base import first_line
+
+CALIB_METHODS = ("minmax", "percentile", "entropy")
+# Weight inputs quantized by w8: op type -> (weight input index, channel axis of that weight)
+_WEIGHT_INPUTS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "MatMul": (1, -1), "Gemm": (1, None)}
+# Ops onnxruntime performs the int8 arithmetic in: the ones a group's size is counted by.
+COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy}[name]
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over the patches, one at a time."""
+
+    def __init__(self, input_name: str, patches: np.ndarray):
+        self.input_name, self.patches, self.index = input_name, patches, 0
+
+    def get_next(self):
+        if self.index >= len(self.patches):
+            return None
+        item = {self.input_name: np.ascontiguousarray(self.patches[self.index:self.index + 1])}
+        self.index += 1
+        return item
+
+    def rewind(self):
+        self.index = 0
+
+    def __len__(self):
+        return len(self.patches)
+
+    def set_range(self, start_index: int, end_index: int):  # CalibStridedMinMax API
+        self.patches = self.patches[start_index:end_index]
+        self.index = 0
+
+
+def quantizable_op_types() -> set[str]:
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return set(QDQRegistry) | set(QLinearOpsRegistry)
+
+
+class OnnxQuantizer:
+    """One float ONNX graph, pre-processed and calibrated once; ``quantize(keep_float)`` many times."""
+
+    def __init__(self, float_path: Path, work: Path, calib: CalibrationSet, method: str = "minmax"):
+        import onnx
+        from onnxruntime.quantization import quant_pre_process
+
+        if method not in CALIB_METHODS:
+            raise EdgeSRError(f"--calib-method {method!r}: choose {', '.join(CALIB_METHODS)}")
+        self.work, self.calib, self.method = Path(work), calib, method
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.pre_path = self.work / "preprocessed.onnx"
+        self.cache_path = self.work / "calibration.json"
+        logging.getLogger().setLevel(logging.ERROR)
+        try:
+            quant_pre_process(str(float_path), str(self.pre_path), skip_symbolic_shape=True)
+        except Exception as exc:  # pre-processing is an optimisation: fall back to the plain graph
+            self.pre_note = f"onnxruntime quantization pre-processing failed ({first_line(exc)}); used the plain graph"
+            self.pre_path.write_bytes(Path(float_path).read_bytes())
+        else:
+            self.pre_note = "onnxruntime quant_pre_process (optimisation + shape inference)"
+        self.model = onnx.load_model(str(self.pre_path))
+        self.input_name = self.model.graph.input[0].name
+        self.calibrated = False
+
+    def node_groups(self) -> dict[str, list[str]]:
+        """Quantizable nodes grouped for the sensitivity search.
+
+        One group per op type, with the first and the last Conv of the graph (the
+        image-facing layers SR is known to be sensitive in) as groups of their own.
+        """
+        types = quantizable_op_types()
+        nodes = [n for n in self.model.graph.node if n.op_type in types]
+        groups: dict[str, list[str]] = {}
+        convs = [n.name for n in nodes if n.op_type == "Conv"]
+        special = {}
+        if len(convs) >= 3:
+            special = {convs[0]: "Conv:first", convs[-1]: "Conv:last"}
+        for node in nodes:
+            groups.setdefault(special.get(node.name, node.op_type), []).append(node.name)
+        return groups
+
+    def compute_nodes(self) -> set[str]:
+        return {n.name for n in self.model.graph.node if n.op_type in COMPUTE_OPS}
+
+    def quantize(self, destination: Path, keep_float: Sequence[str] = ()) -> Path:
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+        reader = None if self.calibrated else _Reader(self.input_name, self.calib.patches)
+        try:
+            quantize_static(
+                str(self.pre_path), str(destination), reader,
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                calibrate_method=_method(self.method), nodes_to_exclude=list(keep_float),
+                calibration_cache_path=str(self.cache_path),
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+            )
+        except EdgeSRError:
+            raise
+        except Exception as exc:
+            raise EdgeSRError(f"onnxruntime quantization failed: {first_line(exc)}") from exc
+        self.calibrated = True
+        return destination
+
+
+def weight_only_int8(float_path: Path, destination: Path) -> int:
+    """w8: int8 per-channel weights + DequantizeLinear; returns how many weights were quantized."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load_model(str(float_path))
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    users: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    done: dict[str, str] = {}
+    new_nodes = []
+    for node in graph.node:
+        spec = _WEIGHT_INPUTS.get(node.op_type)
+        if spec is None or len(node.input) <= spec[0]:
+            continue
+        name = node.input[spec[0]]
+        if name not in initializers or name in done:
+            continue
+        weight = numpy_helper.to_array(initializers[name])
+        if weight.dtype != np.float32 or weight.ndim < 2 or weight.size < 64:
+            continue
+        axis = spec[1] if spec[1] is not None else (0 if _trans_b(node) else 1)
+        axis = axis % weight.ndim
+        reduce_axes = tuple(i for i in range(weight.ndim) if i != axis)
+        scale = np.max(np.abs(weight), axis=reduce_axes) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        shape = [1] * weight.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.remove(initializers[name])
+        graph.initializer.extend([
+            numpy_helper.from_array(q, name + "_int8"),
+            numpy_helper.from_array(scale, name + "_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), name + "_zero_point"),
+        ])
+        new_nodes.append(helper.make_node("DequantizeLinear", [name + "_int8", name + "_scale",
+                                                               name + "_zero_point"], [name],
+                                          name=name + "_dequantize", axis=axis))
+        done[name] = name + "_int8"
+    # DequantizeLinear nodes first: the graph stays topologically sorted.
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(new_nodes + nodes)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(destination))
+    return len(done)
+
+
+def _trans_b(node) -> bool:
+    return any(a.name == "transB" and a.i == 1 for a in node.attribute)
+
+
+def session_fn(path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An NCHW batch function over an onnxruntime CPU session (private: no metadata needed)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise EdgeSRError(f"{Path(path).name}: onnxruntime cannot load the quantized graph "
+                          f"({first_line(exc)})") from None
+    name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {name: np.ascontiguousarray(batch, np.float32)})[0], np.float32)
+
+    return run
+
+
+def export_quantized(target, module, example, options, destination: Path, work: Path, calib, val,
+                     float_quality, arch, stage) -> dict:
+    """The ONNX side of ``edgesr.quantize.convert``: float graph, then int8 / w8 / as is."""
+    import shutil
+
+    from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
+    from edgesr.quantize.budget import search
+    from edgesr.quantize.quality import latency_ms, measure_psnr
+
+    float_path = work / "float.onnx"
+    stage("converting the float graph")
+    target.convert(module, example, float_options(options) if options.precision in ("int8", "w8")
+                   else options, float_path)
+    section: dict = {"runtime": "onnxruntime CPUExecutionProvider"}
+    tile = tuple(options.input_size)
+
+    def psnr_of(path: Path):
+        return measure_psnr(session_fn(path), val, tile, arch) if val is not None else None
+
+    if options.precision == "w8":
+        count = weight_only_int8(float_path, destination)
+        section["method"] = (f"weight-only: {count} Conv/MatMul/Gemm weights as per-channel symmetric "
+                             f"int8 + DequantizeLinear; activations float32")
+    elif options.precision == "int8":
+        stage(f"onnxruntime static quantization (QDQ, per-channel weights, {options.calib_method} "
+              f"calibration on {len(calib)} patches)")
+        quantizer = OnnxQuantizer(float_path, work, calib, options.calib_method)
+        groups = quantizer.node_groups()
+        section["method"] = ("onnxruntime quantize_static, QDQ, per-channel symmetric int8 weights, "
+                             "uint8 asymmetric activations (U8S8)")
+        section["preprocessing"] = quantizer.pre_note
+        section["groups"] = {name: len(nodes) for name, nodes in groups.items()}
+        keep = _resolve_keep_float(options.keep_float, groups)
+        compute = quantizer.compute_nodes() or {n for v in groups.values() for n in v}
+        counter = iter(range(10**6))
+
+        def nodes_of(names):
+            return [node for name in names for node in groups.get(name, [name])]
+
+        def measure(kept):
+            path = quantizer.quantize(work / f"candidate-{next(counter)}.onnx", nodes_of(kept))
+            value = psnr_of(path).psnr_y
+            path.unlink(missing_ok=True)
+            return value
+
+        def weight(names):
+            return len(compute & set(nodes_of(names))) / max(1, len(compute))
+
+        plain = quantizer.quantize(work / "plain.onnx", nodes_of(keep))
+        plain_quality = psnr_of(plain)
+        chosen = list(keep)
+        if options.max_psnr_drop is not None and not keep and float_quality is not None:
+            result = search(groups, measure, float_quality.psnr_y, plain_quality.psnr_y,
+                            options.max_psnr_drop, weight=weight, stage=stage)
+            section["budget"] = result.to_dict()
+            chosen = list(result.kept_float) if result.met else []
+        section["plain_int8"] = plain_quality.to_dict() if plain_quality else None
+        if chosen and chosen != list(keep):
+            quantizer.quantize(destination, nodes_of(chosen))
+        else:
+            shutil.copyfile(plain, destination)
+        section["kept_float"] = {"groups": chosen, "nodes": nodes_of(chosen),
+                                 "replay": (f"--keep-float {','.join(chosen)!s}" if chosen else "")}
+    else:
+        shutil.copyfile(float_path, destination)
+    quality = psnr_of(destination)
+    section["quantized"] = quality.to_dict() if quality else None
+    shape = (1, 3, *tile)
+    stage("latency (onnxruntime CPU)")
+    reference_path = float_path if options.precision != "fp32" else destination
+    float_ms = latency_ms(session_fn(reference_path), shape, LATENCY_REPEATS)
+    quant_ms = latency_ms(session_fn(destination), shape, LATENCY_REPEATS)
+    section["latency_ms"] = {"fp32": round(float_ms, 2), options.precision: round(quant_ms, 2),
+                             "speedup_vs_fp32": round(float_ms / quant_ms, 3),
+                             "note": LATENCY_NOTE.format(n=LATENCY_REPEATS)}
+    section["size_bytes"] = {"fp32": float_path.stat().st_size, options.precision: destination.stat().st_size}
+    return section
+
+
+def _resolve_keep_float(names, groups: dict[str, list[str]]) -> list[str]:
+    """--keep-float: group names (as the report lists them) or node names; unknown -> error."""
+    nodes = {n for v in groups.values() for n in v}
+    unknown = [n for n in names if n not in groups and n not in nodes]
+    if unknown:
+        raise EdgeSRError(f"--keep-float {','.join(unknown)}: not a group or node of this graph "
+                          f"(groups: {', '.join(groups)})")
+    return list(names)

@@ -1,0 +1,97 @@
+"""PSNR-Y of a fixed-size model on a validation set, and its latency.
+
+A quantized artifact has a fixed input size, so every model compared here (the float
+PyTorch network and the artifact) runs the same tiles of that size (edgesr.tiling,
+fixed shape: smaller images are reflect-padded and cropped back), and PSNR-Y follows
+the BasicSR protocol of ``edgesr.evaluate`` (uint8 output, Y of MATLAB's rgb2ycbcr,
+``scale`` border pixels dropped).
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from edgesr.calibration import ValidationSet
+
+# NCHW float32 [0,1] batch -> NCHW float32 [0,1] batch.
+BatchFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass
+class Quality:
+    psnr_y: float
+    images: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"psnr_y": round(self.psnr_y, 4), "images": {k: round(v, 4) for k, v in self.images.items()}}
+
+
+def tile_overlap(arch: str | None, tile: tuple[int, int]) -> int:
+    """The architecture's tile overlap, reduced so that it fits the (small) tile."""
+    from edgesr.tiling import defaults_for
+
+    return max(0, min(defaults_for(arch).overlap, (min(tile) - 1) // 4))
+
+
+def measure_psnr(run_batch: BatchFn, val: ValidationSet, tile: tuple[int, int],
+                 arch: str | None = None) -> Quality:
+    from edgesr.metrics import psnr_y, quantize
+    from edgesr.tiling import TiledUpscaler
+
+    def run_tile(patch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(patch.transpose(2, 0, 1)[None], dtype=np.float32)
+        return np.asarray(run_batch(batch))[0].transpose(1, 2, 0)
+
+    upscaler = TiledUpscaler(run_tile, val.scale, tuple(tile), tile_overlap(arch, tuple(tile)), fixed=True)
+    scores = {}
+    for pair in val.pairs:
+        sr = quantize(upscaler(pair.lr))
+        scores[pair.name] = psnr_y(sr, pair.hr_u8, val.scale)
+    return Quality(float(np.mean(list(scores.values()))), scores)
+
+
+def torch_batch_fn(module) -> BatchFn:
+    """The float PyTorch reference (already ``with_unit_range``) as a BatchFn."""
+    import torch
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(batch)).float().numpy()
+
+    return run
+
+
+def latency_ms(run_batch: BatchFn, shape: tuple[int, ...], repeats: int = 5, warmup: int = 1,
+               seed: int = 0) -> float:
+    """Median wall time of one call in milliseconds (shared CPUs: noisy, see the report)."""
+    batch = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    for _ in range(warmup):
+        run_batch(batch)
+    times = []
+    for _ in range(max(1, repeats)):
+        started = time.perf_counter()
+        run_batch(batch)
+        times.append((time.perf_counter() - started) * 1e3)
+    return float(statistics.median(times))
+
+
+def artifact_fn(path) -> BatchFn:
+    """An NCHW batch function over an exported file in its own runtime (.onnx, .tflite)."""
+    from pathlib import Path
+
+    from edgesr.errors import EdgeSRError
+
+    path = Path(path)
+    if path.suffix == ".onnx":
+        from edgesr.quantize.onnx_quant import session_fn
+
+        return session_fn(path)
+    if path.suffix == ".tflite":
+        from edgesr.quantize.tflite_quant import interpreter_fn
+
+        return interpreter_fn(path)
+    raise EdgeSRError(f"{path.name}: cannot be run here (CoreML runs on macOS only)")

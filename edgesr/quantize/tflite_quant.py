@@ -1,0 +1,171 @@
+"""TFLite int8 (PT2E through litert-torch) and w8, with optional 8-bit image I/O.
+
+int8: the wrapped module is captured with torch.export, observed with litert-torch's
+PT2E quantizer (symmetric per-channel int8 weights, histogram-calibrated int8
+activations) on the calibration patches, converted with ``convert_pt2e`` and then
+by ``litert_torch.convert``: a fully int8 graph with float32 I/O (QUANTIZE /
+DEQUANTIZE at its ends).
+
+``--int-io``: the graph's float input/output are replaced by uint8 pixel tensors
+(scale 1/255, zero point 0), so Android code feeds and reads image bytes: the first
+QUANTIZE op becomes a uint8 -> int8 requantize and the last DEQUANTIZE a QUANTIZE
+int8 -> uint8 (what TF's ``modify_model_interface`` does for converter models).
+
+w8: litert-torch's weight-only int8 recipe (ai-edge-quantizer); float activations.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from edgesr.errors import EdgeSRError
+from edgesr.export.base import first_line
+
+IO_SCALE = 1.0 / 255.0
+
+
+def _pt2e_int8(module, example, patches: np.ndarray, nhwc: bool, destination: Path) -> None:
+    import litert_torch
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    try:
+        captured = torch.export.export(module, (example,)).module()
+        prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
+        with torch.no_grad():
+            for patch in patches:
+                batch = torch.from_numpy(np.ascontiguousarray(patch[None]))
+                prepared(batch.permute(0, 2, 3, 1).contiguous() if nhwc else batch)
+        converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+        edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        edge.export(str(destination))
+    except EdgeSRError:
+        raise
+    except Exception as exc:
+        raise EdgeSRError(f"TFLite int8 (PT2E) conversion failed: {first_line(exc)}") from exc
+
+
+def _weight_only(module, example, destination: Path) -> None:
+    import litert_torch
+    from litert_torch.generative.quantize import quant_recipes
+
+    try:
+        edge = litert_torch.convert(module, (example,), quant_config=quant_recipes.full_weight_only_recipe())
+        edge.export(str(destination))
+    except Exception as exc:
+        raise EdgeSRError(f"TFLite w8 conversion failed: {first_line(exc)}") from exc
+
+
+def make_int_io(path: Path) -> None:
+    """Float32 I/O -> uint8 pixel I/O (scale 1/255, zero point 0); see the module docstring."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    graph = model.subgraphs[0]
+    codes = [c.builtinCode if c.builtinCode else c.deprecatedBuiltinCode for c in model.operatorCodes]
+    ops = schema.BuiltinOperator
+
+    def pixel_params():
+        q = schema.QuantizationParametersT()
+        q.scale, q.zeroPoint = [IO_SCALE], [0]
+        return q
+
+    (input_index,) = graph.inputs
+    (output_index,) = graph.outputs
+    first = [op for op in graph.operators if input_index in op.inputs]
+    last = [op for op in graph.operators if output_index in op.outputs]
+    if (len(first) != 1 or codes[first[0].opcodeIndex] != ops.QUANTIZE or len(last) != 1
+            or codes[last[0].opcodeIndex] != ops.DEQUANTIZE):
+        raise EdgeSRError("--int-io: the int8 graph does not start with QUANTIZE and end with "
+                          "DEQUANTIZE; cannot give it 8-bit I/O")
+    tensor = graph.tensors[input_index]
+    tensor.type, tensor.quantization = schema.TensorType.UINT8, pixel_params()
+    quantize_code = first[0].opcodeIndex
+    # The output: DEQUANTIZE int8 -> float becomes QUANTIZE int8 -> uint8 pixels.
+    last[0].opcodeIndex = quantize_code
+    last[0].builtinOptionsType = schema.BuiltinOptions.QuantizeOptions
+    last[0].builtinOptions = schema.QuantizeOptionsT()
+    tensor = graph.tensors[output_index]
+    tensor.type, tensor.quantization = schema.TensorType.UINT8, pixel_params()
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+
+def interpreter_fn(path: Path, nhwc: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
+    """An NCHW float [0,1] batch function over a LiteRT interpreter (XNNPACK), int I/O included."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+    except Exception as exc:
+        raise EdgeSRError(f"{Path(path).name}: LiteRT cannot load this file ({first_line(exc)})") from None
+    (source,), (sink,) = interpreter.get_input_details(), interpreter.get_output_details()
+    if nhwc is None:
+        nhwc = int(source["shape"][-1]) == 3 and int(source["shape"][1]) != 3
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        data = batch.transpose(0, 2, 3, 1) if nhwc else batch
+        if source["dtype"] != np.float32:
+            scale, zero = source["quantization"]
+            info = np.iinfo(source["dtype"])
+            data = np.clip(np.round(data / scale) + zero, info.min, info.max).astype(source["dtype"])
+        interpreter.set_tensor(source["index"], np.ascontiguousarray(data))
+        interpreter.invoke()
+        output = interpreter.get_tensor(sink["index"])
+        if sink["dtype"] != np.float32:
+            scale, zero = sink["quantization"]
+            output = (output.astype(np.float32) - zero) * scale
+        output = np.asarray(output, np.float32)
+        return output.transpose(0, 3, 1, 2) if nhwc else output
+
+    return run
+
+
+def export_quantized(target, module, example, options, destination: Path, work: Path, calib, val,
+                     float_quality, arch, stage) -> dict:
+    from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
+    from edgesr.quantize.quality import latency_ms, measure_psnr
+
+    section: dict = {"runtime": "ai_edge_litert Interpreter (CPU, XNNPACK)"}
+    float_path = work / "float.tflite"
+    if options.precision == "int8":
+        stage(f"PT2E int8 through litert-torch ({len(calib)} calibration patches)")
+        _pt2e_int8(module, example, calib.patches, options.nhwc, destination)
+        section["method"] = ("PT2E (litert-torch PT2EQuantizer): symmetric per-channel int8 weights, "
+                             "int8 activations calibrated with histogram observers")
+        if calib.to_dict() and options.calib_method != "minmax":
+            section["calibration_method_note"] = ("PT2E uses litert-torch's histogram observers; "
+                                                  f"--calib-method {options.calib_method} applies to onnx")
+        if options.int_io:
+            make_int_io(destination)
+            section["io"] = "uint8 pixels in and out (scale 1/255, zero point 0): feed image bytes"
+    elif options.precision == "w8":
+        _weight_only(module, example, destination)
+        section["method"] = "litert-torch weight-only int8 recipe (per-channel); float activations"
+    else:
+        target.convert(module, example, options, destination)
+    if options.precision != "fp32":
+        stage("converting the float graph for the latency comparison")
+        target.convert(module, example, float_options(options), float_path)
+    else:
+        float_path = destination
+    tile = tuple(options.input_size)
+    quality = measure_psnr(interpreter_fn(destination, options.nhwc), val, tile, arch) if val is not None else None
+    section["quantized"] = quality.to_dict() if quality else None
+    shape = (1, 3, *tile)
+    stage("latency (LiteRT CPU)")
+    float_ms = latency_ms(interpreter_fn(float_path, options.nhwc), shape, LATENCY_REPEATS)
+    quant_ms = latency_ms(interpreter_fn(destination, options.nhwc), shape, LATENCY_REPEATS)
+    section["latency_ms"] = {"fp32": round(float_ms, 2), options.precision: round(quant_ms, 2),
+                             "speedup_vs_fp32": round(float_ms / quant_ms, 3),
+                             "note": LATENCY_NOTE.format(n=LATENCY_REPEATS)}
+    section["size_bytes"] = {"fp32": float_path.stat().st_size, options.precision: destination.stat().st_size}
+    if options.max_psnr_drop is not None:
+        section["budget_note"] = "tflite: the budget is checked, the float-op search runs for onnx"
+    return section

@@ -1,0 +1,318 @@
+"""HiT-SR blocks in an export-friendly form: padding and windows resolved, bias folded.
+
+What the original blocks do that exporters handle badly:
+
+* ``reflect_pad_to_multiple`` loops in Python over the runtime shape (stepwise
+  reflection); with a free H/W that loop cannot be traced.
+* ``window_partition``/``window_merge`` and the key-cell pooling go through rank-6 and
+  rank-7 views and permutes; CoreML takes rank <= 5.
+* ``WindowPositionBias`` recomputes an MLP over an arange/meshgrid offset table and
+  gathers an ``(area, cells)`` bias per head with an ``(area, cells)`` int64 index:
+  exported as is, that is 28 MB of tables for 3.5 MB of weights (see ``hit_bias``).
+
+Rewritten block (same maths, state-dict keys unchanged, all tensors rank <= 5):
+
+* padding: for a fixed size the reflection steps are computed once at rewrite time
+  (``reflect_pad_plan``) and applied as constant ``Pad(mode=reflect)`` ops; for any
+  size the padded map is a gather with an in-graph index (stepwise reflection is a
+  triangle wave of period ``2*(n-1)``, see ``reflect_index``).
+* windows: ``(B, H, W, C) -> (B*nh, wh, nw, ww, C) -> permute -> (n, area, C)`` and back;
+  the crop to H x W happens before ``proj`` (a per-pixel linear).
+* key-cell pooling (``spatial_linear``, a learned weighted sum over each cell): a
+  strided ``ch x cw`` conv over the value half of the map, then the same rank-5
+  partition on the key grid; HiT-SNG's window context, added to every pixel of a
+  window, adds ``context * sum(weights)`` to the pooled values.
+* spatial correlation, which has no softmax, reassociated:
+  ``(q @ P^T / d + bias) @ P = q @ (P^T @ P) / d + bias @ P`` -- a ``d x d`` Gram matrix
+  per window and head instead of the ``area x cells`` correlation (64x less work on
+  the q side for a 64x64 window); only the bias term still meets the ``area x cells``
+  matrix.
+* position bias: ``hit_bias.FoldedWindowBias`` (compact box-filtered table, two small
+  gathers), HiT-SNG's n-gram attention bias as a ``(heads, 4, 4)`` constant.
+
+``fold_hit_windows(model, (H, W))`` is the fixed-size form (no Range/arange ops, no
+shape-dependent Python control flow); ``hit_windows_any_size(model)`` derives padding
+and window counts in the graph for dynamic-shape ONNX.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgesr.models.hit_common import (
+    HierarchicalTransformerBlock,
+    SpatialChannelCorrelation,
+    WindowSize,
+    padding_to_multiple,
+)
+from edgesr.rewrite.hit_bias import FoldedWindowBias, runtime_zero
+from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite
+
+# --------------------------------------------------------------------------------------
+# Shapes
+# --------------------------------------------------------------------------------------
+
+
+def reflect_pad_plan(size: Sequence[int], multiple: WindowSize) -> list[tuple[int, int]]:
+    """The (rows, columns) of each reflection step ``reflect_pad_to_multiple`` takes for
+    an ``H x W`` map: the same steps, decided once instead of at run time."""
+    height, width = int(size[0]), int(size[1])
+    pad_h, pad_w = padding_to_multiple(height, multiple[0]), padding_to_multiple(width, multiple[1])
+    steps = []
+    while pad_h or pad_w:
+        step_h, step_w = min(pad_h, height - 1), min(pad_w, width - 1)
+        if (pad_h and not step_h) or (pad_w and not step_w):
+            raise ValueError(f"cannot reflect-pad a map of size {(height, width)}")
+        steps.append((step_h, step_w))
+        height, width = height + step_h, width + step_w
+        pad_h, pad_w = pad_h - step_h, pad_w - step_w
+    return steps
+
+
+def reflect_index(length: torch.Tensor, padded: int | torch.SymInt, device: torch.device) -> torch.Tensor:
+    """Source index of each of ``padded`` positions of a stepwise reflect-padded axis.
+
+    Reflecting again and again (each step around the last row of the map padded so far)
+    walks back and forth: a triangle wave of period ``2*(n-1)``. ``length`` is ``n`` as
+    a ``(1,)`` int64 tensor (a tensor rather than a SymInt, which the ONNX exporter
+    cannot meet in tensor arithmetic)."""
+    last = length - 1
+    phase = torch.remainder(torch.arange(padded, device=device), 2 * last)
+    return last - (last - phase).abs()
+
+
+def _axis_length(x: torch.Tensor, dim: int) -> torch.Tensor:
+    # The size of a (possibly symbolic) axis as a (1,) int64 tensor.
+    return torch.arange(x.shape[dim], device=x.device)[-1:] + 1
+
+
+def reflect_pad_any_size(x: torch.Tensor, multiple: WindowSize) -> torch.Tensor:
+    """``reflect_pad_to_multiple`` for a free H and W: one gather per axis, index in-graph."""
+    height, width = x.shape[-2:]
+    padded_h = (height + multiple[0] - 1) // multiple[0] * multiple[0]
+    padded_w = (width + multiple[1] - 1) // multiple[1] * multiple[1]
+    x = x.index_select(2, reflect_index(_axis_length(x, 2), padded_h, x.device))
+    return x.index_select(3, reflect_index(_axis_length(x, 3), padded_w, x.device))
+
+
+def partition(x: torch.Tensor, window: WindowSize) -> torch.Tensor:
+    """``(B, H, W, C) -> (B * windows, area, C)`` in ``window_partition``'s order, rank <= 5."""
+    _, _, width, channels = x.shape
+    win_h, win_w = window
+    x = x.reshape(-1, win_h, width // win_w, win_w, channels)
+    return x.permute(0, 2, 1, 3, 4).reshape(-1, win_h * win_w, channels)
+
+
+def merge(windows: torch.Tensor, window: WindowSize, batch, height, width) -> torch.Tensor:
+    """Inverse of ``partition``: ``(B * windows, area, C) -> (B, H, W, C)``, rank <= 5."""
+    win_h, win_w = window
+    channels = windows.shape[-1]
+    x = windows.reshape(-1, width // win_w, win_h, win_w, channels)
+    return x.permute(0, 2, 1, 3, 4).reshape(batch, height, width, channels)
+
+
+# --------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------
+
+
+class FoldedNGramAttention(nn.Module):
+    """HiT-SNG's ``NGramWindowAttention`` with its (heads, 4, 4) bias as a constant."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.num_heads = attn.num_heads
+        self.scale = attn.scale
+        # Kept so that the state dict keeps the official keys; not used in forward.
+        self.relative_position_bias_table = attn.relative_position_bias_table
+        self.register_buffer("relative_position_index", attn.relative_position_index)
+        self.qkv = attn.qkv
+        self.proj = attn.proj
+        with torch.no_grad():
+            bias = attn.relative_position_bias_table[attn.relative_position_index].permute(2, 0, 1)
+        self.register_buffer("bias", bias.contiguous(), persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        n, length, channels = tokens.shape
+        q, k, v = self.qkv(tokens).view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attn = ((q * self.scale) @ k.transpose(-2, -1) + self.bias).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, length, channels))
+
+
+class FoldedCorrelation(nn.Module):
+    """``SpatialChannelCorrelation`` (and HiT-SNG's n-gram subclass) without rank > 5
+    tensors, with the position bias folded and the spatial product reassociated.
+
+    ``forward(x, height, width, anchor)``: padded NCHW map in, NHWC cropped to
+    ``height x width`` out; ``anchor`` is a zero tied to the input (``runtime_zero``).
+    """
+
+    def __init__(self, correlation: SpatialChannelCorrelation) -> None:
+        super().__init__()
+        self.num_heads = correlation.num_heads
+        self.window_size = tuple(correlation.window_size)
+        self.key_grid = tuple(correlation.key_grid)
+        self.cell_size = (self.window_size[0] // self.key_grid[0], self.window_size[1] // self.key_grid[1])
+        self.head_dim = correlation.head_dim
+        self.qv = correlation.qv
+        self.proj = correlation.proj
+        self.spatial_linear = correlation.spatial_linear
+        self.pos = correlation.pos  # parameters only (official keys); folded below
+        self.folded_pos = FoldedWindowBias(correlation.pos)
+        self.ngram = hasattr(correlation, "ngram_window_partition")
+        if self.ngram:
+            self.ngram_window_partition = correlation.ngram_window_partition
+            context = self.ngram_window_partition.ngram_context
+            context.ngram_attn = FoldedNGramAttention(context.ngram_attn)
+
+    def pool(self, qv: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Learned pooling of the values over each key cell: ``(n, cells, C/2)``."""
+        weight, bias = self.spatial_linear.weight, self.spatial_linear.bias
+        if self.cell_size == (1, 1):
+            return v * weight.reshape(()) + bias  # one pixel per cell: a scale and shift
+        batch, channels, height, width = qv.shape
+        half = channels // 2
+        values = qv[:, half:].reshape(batch * half, 1, height, width)
+        pooled = F.conv2d(values, weight.reshape(1, 1, *self.cell_size), bias, stride=self.cell_size)
+        grid = pooled.reshape(batch, half, height // self.cell_size[0], width // self.cell_size[1])
+        return partition(grid.permute(0, 2, 3, 1), self.key_grid)
+
+    def forward(self, x: torch.Tensor, height, width, anchor: torch.Tensor) -> torch.Tensor:
+        batch, _, padded_h, padded_w = x.shape
+        qv = self.qv(x)
+        channels = qv.shape[1]
+        half = channels // 2
+        windows = partition(qv.permute(0, 2, 3, 1), self.window_size)  # (n, area, C)
+        if self.ngram:
+            context = self.ngram_window_partition.ngram_context(qv)  # (B, C, nh, nw)
+            context = context.permute(0, 2, 3, 1).reshape(-1, 1, channels)
+            windows = windows + context
+        q, v = windows[..., :half], windows[..., half:]
+        pooled = self.pool(qv, v)  # (n, cells, C/2)
+        if self.ngram and self.cell_size != (1, 1):
+            pooled = pooled + context[..., half:] * self.spatial_linear.weight.sum()
+        n, area, _ = windows.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        q_h = q.reshape(n, area, heads, head_dim).transpose(1, 2)  # (n, heads, area, d)
+        p_h = pooled.reshape(n, -1, heads, head_dim).transpose(1, 2)  # (n, heads, cells, d)
+        gram = p_h.transpose(-2, -1) @ p_h  # (n, heads, d, d)
+        spatial = (q_h @ gram) / head_dim + self.folded_pos(anchor) @ p_h
+        spatial = spatial.transpose(1, 2).reshape(n, area, half)
+        channel = v @ (q.transpose(-2, -1) @ v / area).transpose(-2, -1)  # (n, area, C/2)
+        mixed = torch.cat([spatial, channel], dim=-1)
+        merged = merge(mixed, self.window_size, batch, padded_h, padded_w)
+        return self.proj(merged[:, :height, :width])
+
+
+class _FoldedBlock(nn.Module):
+    def __init__(self, block: HierarchicalTransformerBlock) -> None:
+        super().__init__()
+        self.pad_multiple = tuple(block.pad_multiple)
+        self.norm1 = block.norm1
+        self.correlation = FoldedCorrelation(block.correlation)
+        self.norm2 = block.norm2
+        self.mlp = block.mlp
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[1:3]
+        padded = self.pad(x.permute(0, 3, 1, 2))
+        x = x + self.norm1(self.correlation(padded, height, width, runtime_zero(x)))
+        return x + self.norm2(self.mlp(x))
+
+
+class FixedSizeBlock(_FoldedBlock):
+    """A HiT-SR block for one ``H x W``: reflection steps decided at rewrite time."""
+
+    def __init__(self, block: HierarchicalTransformerBlock, size: tuple[int, int]) -> None:
+        super().__init__(block)
+        self.size = (int(size[0]), int(size[1]))
+        self.pad_steps = reflect_pad_plan(self.size, self.pad_multiple)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape[-2:]) != self.size:
+            raise ValueError(
+                f"this HiT-SR block was rewritten for {self.size[0]}x{self.size[1]} inputs, got "
+                f"{x.shape[-2]}x{x.shape[-1]}; rewrite again for that size or use hit_windows_any_size"
+            )
+        for step_h, step_w in self.pad_steps:
+            x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
+        return x
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, pad_steps={self.pad_steps}"
+
+
+class AnySizeBlock(_FoldedBlock):
+    """A HiT-SR block for any ``H x W``: padding is a gather with an in-graph index."""
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        return reflect_pad_any_size(x, self.pad_multiple)
+
+
+# --------------------------------------------------------------------------------------
+# Entry points
+# --------------------------------------------------------------------------------------
+
+
+def _replace_blocks(model: nn.Module, make) -> nn.Module:
+    new = copy.deepcopy(model)
+    targets = [(name, m) for name, m in new.named_modules() if isinstance(m, HierarchicalTransformerBlock)]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = new.get_submodule(parent_name) if parent_name else new
+        setattr(parent, child, make(module))
+    for attr in ("edgesr_info", "edgesr_rewrites"):
+        if hasattr(model, attr):
+            object.__setattr__(new, attr, getattr(model, attr))
+    return new.train(model.training)
+
+
+def fold_hit_windows(model: nn.Module, input_size: tuple[int, int]) -> nn.Module:
+    """A copy of a HiT-SR ``model`` with every block folded for ``input_size`` (the LR
+    H, W: HiT-SR's blocks all run at the input resolution)."""
+    size = (int(input_size[0]), int(input_size[1]))
+    return _replace_blocks(model, lambda block: FixedSizeBlock(block, size))
+
+
+def hit_windows_any_size(model: nn.Module) -> nn.Module:
+    """A copy of a HiT-SR ``model`` whose blocks pad and partition for any input size."""
+    return _replace_blocks(model, AnySizeBlock)
+
+
+def has_hit_blocks(model: nn.Module) -> bool:
+    return any(isinstance(m, HierarchicalTransformerBlock) for m in model.modules())
+
+
+def _apply(model: nn.Module, context: ExportContext) -> nn.Module:
+    if context.input_size is None:
+        return hit_windows_any_size(model)
+    return fold_hit_windows(model, context.input_size)
+
+
+def _explain(model: nn.Module, context: ExportContext) -> str:
+    common = ("position bias as a compact box-filtered table per window size expanded by two "
+              "small gathers; rank<=5 window partition; cell pooling as a strided conv; "
+              "q@(P^T P) reassociation")
+    if context.input_size is None:
+        return f"HiT-SR blocks: reflect padding as in-graph gathers (any size); {common}"
+    h, w = context.input_size
+    return f"HiT-SR blocks: reflect padding resolved for {h}x{w}; {common}"
+
+
+HIT_WINDOWS = register_rewrite(
+    Rewrite(
+        name="hit_windows",
+        description="HiT-SR: padding/windows resolved, rank<=5 tensors, position bias folded",
+        # Every target: CoreML needs rank <= 5, and every file wants the folded bias.
+        applies=lambda model, context: has_hit_blocks(model),
+        apply=_apply,
+        explain=_explain,
+    )
+)

@@ -1,0 +1,291 @@
+"""Delegate readiness: the runtimes' judges, the delegate rewrites and the policy.
+
+The analyzer tests export small configurations (seconds each); the rewrite tests are
+pure PyTorch parity checks.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgesr.errors import EdgeSRError
+from edgesr.export import export
+from edgesr.export.readiness import (
+    DelegateReadiness,
+    Readiness,
+    analyze,
+    parse_litert_analysis,
+)
+from edgesr.models.loading import create
+from edgesr.rewrite import delegate_ops
+from edgesr.rewrite.plan import REWRITE_MODULES
+
+SRCONVNET_SMALL = dict(dim=16, num_blocks=1, num_heads=2, num_kernels=4)
+HIT_SMALL = dict(embed_dim=16, depths=[2], num_heads=[1])
+SIZE = (32, 32)
+
+
+def _perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("layer_scale"):
+                param.fill_(0.5)
+            else:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------
+# Rewrites: parity with the original maths
+# --------------------------------------------------------------------------------------
+
+
+def test_gelu_without_erf_matches_exact_gelu():
+    x = torch.linspace(-12, 12, 200_001)
+    reference = F.gelu(x.double())
+    ours = delegate_ops.gelu_without_erf(x).double()
+    torch_fp32 = F.gelu(x).double()
+    # As close to the float64 truth as torch's own float32 GELU (both ~6e-7 at |x|=12).
+    assert (ours - reference).abs().max().item() < 1e-6
+    assert (ours - reference).abs().max().item() < 2 * (torch_fp32 - reference).abs().max().item()
+    assert (delegate_ops.erf_nonnegative(x[x >= 0].double()) - torch.erf(x[x >= 0].double())).abs().max() < 2e-7
+
+
+def test_elementary_layernorm_matches():
+    norm = nn.LayerNorm(24)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x = torch.randn(2, 5, 7, 24) * 3 + 1
+    ours = delegate_ops.ElementaryLayerNorm(norm)(x)
+    assert (ours - norm(x)).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("pad", [(0, 3, 0, 2), (1, 1, 1, 1), (1, 0, 1, 0), (2, 5, 3, 0)])
+def test_reflect_pad_by_slices_is_exact(pad):
+    x = torch.randn(2, 3, 7, 9)
+    assert torch.equal(delegate_ops.reflect_pad_by_slices(x, pad), F.pad(x, pad, mode="reflect"))
+
+
+def test_reflect_pad_context_restores_f_pad():
+    original = F.pad
+    with delegate_ops.reflect_pads_as_slices():
+        assert F.pad is not original
+        x = torch.randn(1, 2, 5, 5)
+        assert torch.equal(F.pad(x, (1, 1, 1, 1)), original(x, (1, 1, 1, 1)))  # constant mode untouched
+    assert F.pad is original
+
+
+@pytest.mark.parametrize("arch", ["hit-sir", "hit-sng", "hit-srf"])
+def test_delegate_rewrites_keep_hit_parity(arch):
+    from edgesr.rewrite.plan import ExportContext
+
+    model = _perturbed(create(arch, 2, **HIT_SMALL))
+    context = ExportContext("onnx", SIZE)
+    prepared = model
+    if importlib.util.find_spec("edgesr.rewrite.hit_windows"):
+        from edgesr.rewrite.hit_windows import fold_hit_windows
+
+        prepared = fold_hit_windows(prepared, SIZE)
+    for rewrite in (delegate_ops.GELU_WITHOUT_ERF, delegate_ops.LAYERNORM_OPS,
+                    delegate_ops.REFLECT_PAD_SLICES, delegate_ops.BIAS_SLICES):
+        if rewrite.applies(prepared, context):
+            prepared = rewrite.apply(prepared, context)
+    assert not any(isinstance(m, (nn.GELU, nn.LayerNorm)) for m in prepared.modules())
+    x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        error = (prepared(x) - model(x)).abs().max().item()
+    assert error < 1e-5  # outputs in [0, 1]: the export parity bound is 1e-5 x range
+
+
+def test_bias_slices_match_gathers():
+    hit_bias = pytest.importorskip("edgesr.rewrite.hit_bias")
+    from edgesr.models.hit_common import WindowPositionBias
+
+    for window, grid in [((16, 16), (8, 8)), ((8, 8), (8, 8)), ((32, 32), (8, 8))]:
+        pos = WindowPositionBias(48, 3, window, grid).eval()
+        folded = hit_bias.FoldedWindowBias(pos)
+        holder = nn.Sequential(folded)
+        sliced = delegate_ops.bias_gathers_as_slices(holder)[0]
+        assert type(sliced).__name__.startswith("Sliced")
+        anchor = torch.zeros(1, 1, 1)
+        assert torch.equal(sliced(anchor), folded(anchor))
+
+
+def test_rewrites_are_chosen_per_target():
+    from edgesr.rewrite.plan import ExportContext
+
+    model = create("hit-sir", 2, **HIT_SMALL)
+    onnx_fixed = ExportContext("onnx", SIZE)
+    for rewrite in (delegate_ops.GELU_WITHOUT_ERF, delegate_ops.LAYERNORM_OPS, delegate_ops.REFLECT_PAD_SLICES):
+        assert rewrite.applies(model, onnx_fixed)
+        # LiteRT's GPU delegate and CoreML take GELU, LayerNorm and reflect Pad natively.
+        assert not rewrite.applies(model, ExportContext("tflite", SIZE))
+        assert not rewrite.applies(model, ExportContext("coreml", SIZE))
+    assert not delegate_ops.REFLECT_PAD_SLICES.applies(model, ExportContext("onnx", None))
+    assert REWRITE_MODULES[-1] == "delegate_ops" or "delegate_ops" in REWRITE_MODULES
+
+
+# --------------------------------------------------------------------------------------
+# The judges
+# --------------------------------------------------------------------------------------
+
+_INCOMPATIBLE = """Your TFLite model has '1' subgraph(s).
+Subgraph#0 main(T#0) -> [T#5]
+  Op#0 CONV_2D(T#0, T#1, T#2) -> [T#3]
+  Op#1 GATHER(T#3, T#4) -> [T#6]
+GPU COMPATIBILITY WARNING: Not supported op GATHER
+  Op#2 ADD(T#6, T#3) -> [T#5]
+
+GPU COMPATIBILITY WARNING: Subgraph#0 has GPU delegate compatibility issues at nodes 1 on TFLite runtime version 2.22.0
+"""
+
+
+def test_litert_analysis_parser():
+    bad = parse_litert_analysis(_INCOMPATIBLE)
+    assert not bad.ready and bad.unsupported_ops == ["GATHER"]
+    assert (bad.nodes_supported, bad.nodes_total, bad.partitions) == (2, 3, 2)
+    good = parse_litert_analysis(_INCOMPATIBLE.replace("GPU COMPATIBILITY WARNING: Not supported op GATHER\n", "")
+                                 .split("\nGPU COMPATIBILITY WARNING: Subgraph")[0]
+                                 + "\nYour model looks compatible with GPU delegate on TFLite runtime version x.")
+    assert good.ready and good.partitions == 1 and good.nodes_total == 3
+
+
+def test_readiness_split_and_dict():
+    ok = DelegateReadiness("NNAPI", True, 1, 10, 10, verdict="YES")
+    bad = DelegateReadiness("CoreML MLProgram", False, 3, 8, 10, ["Gather"], "NO")
+    info = DelegateReadiness("CoreML NeuralNetwork", False, 5, 5, 10, ["Erf"], "NO")
+    readiness = Readiness("onnx", "test", [ok, bad, info], ["NNAPI", "CoreML MLProgram"])
+    assert readiness.split is True
+    assert Readiness("onnx", "test", [ok, info], ["NNAPI"]).split is False  # NeuralNetwork informative
+    data = readiness.to_dict()
+    assert data["split"] is True and data["delegates"][1]["coverage"] == 0.8
+    assert "Gather" in data["summary"]
+    assert Readiness("onnx", "none", error="missing").split is None
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """One small export per target (the analyzers' inputs), made once."""
+    out = tmp_path_factory.mktemp("readiness")
+    model = _perturbed(create("srconvnet", 2, **SRCONVNET_SMALL))
+    return {target: export(model, target, input_size=SIZE, out_dir=out, check=(target == "onnx"),
+                           delegate_ready=False)
+            for target in ("onnx", "tflite", "coreml")}
+
+
+def test_onnx_verdicts_srconvnet(exports):
+    readiness = exports["onnx"].readiness
+    by_name = {d["name"]: d for d in readiness["delegates"]}
+    assert set(by_name) == {"NNAPI", "CoreML NeuralNetwork", "CoreML MLProgram"}
+    for name in ("NNAPI", "CoreML MLProgram"):
+        assert by_name[name]["verdict"] == "YES", by_name[name]
+        assert by_name[name]["partitions"] == 1
+        assert by_name[name]["nodes_supported"] == by_name[name]["nodes_total"]
+    assert readiness["split"] is False
+    report = json.loads(open(exports["onnx"].report).read())
+    assert report["readiness"]["summary"].startswith("delegate-ready")
+
+
+def test_tflite_gpu_compatible_srconvnet(exports):
+    readiness = exports["tflite"].readiness
+    (gpu,) = readiness["delegates"]
+    assert gpu["name"] == "LiteRT GPU" and gpu["ready"], gpu
+    assert gpu["verdict"] == "compatible with GPU delegate" and gpu["unsupported_ops"] == []
+
+
+def test_coreml_ane_scan_srconvnet(exports):
+    readiness = exports["coreml"].readiness
+    (ane,) = readiness["delegates"]
+    assert ane["name"] == "Apple Neural Engine"
+    assert ane["details"]["ops"], "the ML program's ops are listed"
+    assert ane["unsupported_ops"] == [] and readiness["split"] is False
+    assert any("fp32" in note for note in readiness["notes"])
+
+
+@pytest.mark.skipif("hit_windows" not in REWRITE_MODULES,
+                    reason="HiT-SR's window rewrite (edgesr.rewrite.hit_windows) is not registered yet")
+def test_onnx_verdicts_hit_sir(tmp_path):
+    model = _perturbed(create("hit-sir", 2, **HIT_SMALL))
+    report = export(model, "onnx", input_size=SIZE, out_dir=tmp_path, delegate_ready=True)
+    by_name = {d["name"]: d for d in report.readiness["delegates"]}
+    for name in ("NNAPI", "CoreML MLProgram"):
+        assert by_name[name]["verdict"] == "YES" and by_name[name]["partitions"] == 1, by_name[name]
+    assert report.status == "passed"
+
+
+def test_analyzer_failure_is_reported_not_raised(tmp_path):
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(b"not a model")
+    readiness = analyze("onnx", tmp_path / "missing.onnx")
+    assert readiness.split is None and readiness.error
+
+
+# --------------------------------------------------------------------------------------
+# Policy
+# --------------------------------------------------------------------------------------
+
+
+def _split_readiness(target, path, options):
+    return Readiness(target, "test judge", [DelegateReadiness("NNAPI", False, 3, 5, 9, ["Erf"], "NO")], ["NNAPI"])
+
+
+def test_split_graph_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    from edgesr.export import pipeline
+
+    monkeypatch.setattr(pipeline, "_readiness", _split_readiness)
+    model = create("srconvnet", 2, **SRCONVNET_SMALL)
+    with pytest.raises(EdgeSRError, match="not delegate-ready"):
+        export(model, "onnx", input_size=(16, 16), out_dir=tmp_path, name="m", delegate_ready=True)
+    assert not (tmp_path / "m.onnx").exists()
+    assert not (tmp_path / "m.onnx.report.json").exists()
+    failed = json.loads((tmp_path / "m.onnx.failed.report.json").read_text())
+    assert failed["readiness"]["split"] is True and failed["artifact"] is None
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".edgesr-export-")]
+
+    report = export(model, "onnx", input_size=(16, 16), out_dir=tmp_path, name="m", check=False,
+                    delegate_ready=True, allow_partial_delegation=True)
+    assert (tmp_path / "m.onnx").exists() and report.readiness["split"] is True
+    assert report.readiness["policy"]["allow_partial_delegation"] is True
+
+
+def test_policy_defaults(monkeypatch):
+    from edgesr.export import pipeline
+
+    assert pipeline.DELEGATE_READY_BY_DEFAULT == {"tflite", "coreml"}
+
+
+def test_cli_flags(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgesr.cli import app
+    from edgesr.export import pipeline
+
+    monkeypatch.setattr(pipeline, "_readiness", lambda target, path, options: Readiness(
+        target, "test judge", [DelegateReadiness("LiteRT GPU", False, 2, 5, 9, ["GATHER"], "not compatible")],
+        ["LiteRT GPU"]))
+    seen = {}
+    original = pipeline.export
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "export", spy)
+    runner = CliRunner()
+    result = runner.invoke(app, ["export", "--model", "srconvnet", "--scale", "2", "--target", "onnx",
+                                 "--input-size", "16x16", "--out", str(tmp_path), "--no-check",
+                                 "--delegate-ready"])
+    assert result.exit_code != 0 and not list(tmp_path.glob("*.onnx"))
+    assert seen["delegate_ready"] is True and seen["allow_partial_delegation"] is False
+    result = runner.invoke(app, ["export", "--model", "srconvnet", "--scale", "2", "--target", "onnx",
+                                 "--input-size", "16x16", "--out", str(tmp_path), "--no-check",
+                                 "--delegate-ready", "--allow-partial-delegation"])
+    assert result.exit_code == 0, result.output
+    assert "readiness: split graph" in result.output
