@@ -69,6 +69,9 @@ def seams(args) -> dict:
     rows = []
     for lr_path in list_images(args.data)[:args.limit]:
         lr = read_rgb(lr_path)
+        if args.crop:
+            top, left = max(0, (lr.shape[0] - args.crop) // 2), max(0, (lr.shape[1] - args.crop) // 2)
+            lr = np.ascontiguousarray(lr[top:top + args.crop, left:left + args.crop])
         reference, result = whole(lr), tiled(lr)
         plan = tiled.tiler.plan(*lr.shape[:2])
         rows.append({"image": lr_path.stem, "size": list(lr.shape[:2]), "tiles": plan.count,
@@ -89,6 +92,7 @@ def main() -> None:
     parser.add_argument("--overlap", type=int)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--data", type=Path, help="folder of input images (seams), e.g. Set14/HR")
+    parser.add_argument("--crop", type=int, default=None, help="centre crop N x N of each image (seams)")
     parser.add_argument("--limit", type=int, default=None, help="first N images only (seams)")
     args = parser.parse_args()
     result = speed(args) if args.mode == "speed" else seams(args)

@@ -235,6 +235,9 @@ app.command("export")(export_command)
 from edgesr.train.command import train_command  # noqa: E402
 
 app.command("train")(train_command)
+from edgesr.appkit.command import snippet_command  # noqa: E402
+
+app.command("snippet")(snippet_command)
 
 
 if __name__ == "__main__":

@@ -145,9 +145,11 @@ def test_ddp_two_gloo_processes_hold_identical_weights(data_dir, tmp_path):
 
     out = tmp_path / "ddp"
     config = _config(data_dir, out, iters=3, val_every=100)
-    # fork: the children inherit the imported modules (spawn re-imports torch in each).
+    # fork where there is one: the children inherit the imported modules (spawn
+    # re-imports torch in each, ~20 s on a busy machine).
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
     mp.start_processes(spawn_worker, args=(2, _free_port(), config, str(tmp_path)), nprocs=2,
-                       join=True, start_method="fork")
+                       join=True, start_method=method)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     _assert_same(rank0, rank1)
@@ -163,6 +165,26 @@ def test_ddp_two_gloo_processes_hold_identical_weights(data_dir, tmp_path):
     torch.manual_seed(config.seed)
     initial = create("srconvnet", 2, **TINY).state_dict()
     assert not torch.equal(initial["to_feat.weight"], rank0["to_feat.weight"])
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_same_command(data_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "torchrun"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(_free_port()), "-m", "edgesr.cli", "train", "--model", "srconvnet",
+               "--scale", "2", "--data", str(data_dir), "--iters", "2", "--batch", "2", "--patch", "8",
+               "--out", str(out), "--workers", "0"]
+    command += [arg for key, value in TINY.items() for arg in ("--hparam", f"{key}={value}")]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"iter": 2, "ranks_max_weight_difference": 0.0} in records
 
 
 # ----- bad input -------------------------------------------------------------------

@@ -54,7 +54,8 @@ def export_command(
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to export."),
     input_size: str = typer.Option("256x256", "--input-size", help="LR input size HxW of the graph."),
     dynamic: bool = typer.Option(False, "--dynamic", help="onnx: free batch, height and width."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 or fp16."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, int8 (needs --calib) or w8 "
+                                  "(int8 weights, float activations)."),
     out: Path = typer.Option(Path("."), "--out", help="Output folder (created if missing)."),
     name: Optional[str] = typer.Option(None, "--name", help="File name without suffix "
                                        "(default {arch}_x{scale}_{HxW}_{precision})."),
@@ -71,6 +72,16 @@ def export_command(
     allow_partial_delegation: bool = typer.Option(
         False, "--allow-partial-delegation",
         help="Keep a file whose graph the delegate would split (the report still says so)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="int8: folder of calibration images (any size/format)."),
+    calib_count: int = typer.Option(64, "--calib-count", help="Calibration patches (input size) to cut."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="onnx: minmax, percentile or entropy."),
+    val: Optional[Path] = typer.Option(None, "--val", help="Validation images for PSNR-Y (default: "
+                                       "calibration images held out of calibration)."),
+    max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", help="PSNR-Y budget in dB; "
+                                                  "onnx int8 keeps the costliest ops in float to meet it."),
+    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="onnx int8: op groups/nodes to keep "
+                                             "in float (replays a report's choice), comma-separated."),
+    int_io: bool = typer.Option(False, "--int-io", help="tflite int8: 8-bit image input/output."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Export to ONNX, TFLite or CoreML, check it against PyTorch, write a report beside it."""
@@ -79,6 +90,10 @@ def export_command(
     get_target(target)  # an unknown target is reported before the model is built
     size = parse_size(input_size)
     extra = {"nhwc": nhwc or None, "image_io": image_io or None, "min_ios": min_ios,
+             "calib": str(calib) if calib else None, "calib_count": calib_count if calib_count != 64 else None,
+             "calib_method": calib_method if calib_method != "minmax" else None,
+             "val": str(val) if val else None, "max_psnr_drop": max_psnr_drop, "int_io": int_io or None,
+             "keep_float": tuple(k.strip() for k in keep_float.split(",") if k.strip()) if keep_float else None,
              "shapes": _parse_shapes(shapes) or None}
     network = _load_model(model, arch, weights, scale)
     report = export(network, target, input_size=size, precision=precision, dynamic=dynamic,
@@ -109,6 +124,11 @@ def export_command(
                        f"PSNR {_figure(check['psnr'], '.1f')} dB: {check['status']}")
     if report.readiness:
         typer.echo(f"readiness: {report.readiness.get('summary', '-')}")
+    if report.quantization:
+        from edgesr.quantize.report import summary_lines
+
+        for line in summary_lines(report.quantization):
+            typer.echo(line)
     for note in report.notes:
         typer.echo(f"note: {note}")
     typer.echo(f"report: {report.report}")

@@ -1,12 +1,15 @@
 """CoreML: coremltools from a torch.export ExportedProgram to an ML Program (.mlpackage).
 
 ``MLModel.predict`` exists only on macOS. On other systems ``run`` asks the reference
-evaluators registered with ``register_reference_evaluator`` (none yet: a Linux
-evaluator of the MIL program can be plugged in there) and otherwise raises
-ParityUnavailable, so the report says in words that the check did not run.
+evaluators registered with ``register_reference_evaluator``: edgesr.coreml_eval (a
+numpy evaluation of the ML program, registered at import; the report calls it
+"reference evaluation of the ML program (not Apple's runtime)"), and otherwise raises
+ParityUnavailable, so the report says in words that the check did not run. On macOS
+``MLModel.predict`` is the runtime and the reference evaluators are compared with it.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -89,7 +92,12 @@ class CoreMLTarget(Target):
             program = program.run_decompositions({})
         except Exception as exc:
             raise EdgeSRError(f"torch.export failed before CoreML conversion: {first_line(exc)}") from exc
+        self.convert_program(program, options, destination)
 
+    def convert_program(self, program, options: ExportOptions, destination: Path) -> None:
+        """coremltools on an ExportedProgram (also a PT2E-quantized one: edgesr.quantize)."""
+        ct = require("coremltools", "coremltools", "exporting to CoreML")
+        sizes = _sizes(options)
         shape = (ct.EnumeratedShapes(shapes=[(1, 3, h, w) for h, w in sizes], default=(1, 3, *sizes[0]))
                  if len(sizes) > 1 else (1, 3, *sizes[0]))
         if options.image_io:
@@ -126,6 +134,8 @@ class CoreMLTarget(Target):
 
     def runtime_for(self, device: str) -> str:
         if platform.system() == "Darwin":
+            if _REFERENCE_EVALUATORS:
+                return f"CoreML MLModel.predict (compared with the {_REFERENCE_EVALUATORS[0][0]})"
             return "CoreML MLModel.predict"
         if _REFERENCE_EVALUATORS:
             return _REFERENCE_EVALUATORS[0][0]
@@ -136,7 +146,9 @@ class CoreMLTarget(Target):
         if device != "cpu":
             raise ParityUnavailable("CoreML picks its own compute units; the check runs once, as cpu")
         if platform.system() == "Darwin":
-            return _predict_macos(path, image_nchw, options)
+            output = _predict_macos(path, image_nchw, options)
+            _compare_with_references(path, image_nchw, options, output)
+            return output
         reasons = []
         for name, evaluator in _REFERENCE_EVALUATORS:
             try:
@@ -156,6 +168,47 @@ def _sizes(options: ExportOptions) -> list[tuple[int, int]]:
         if tuple(size) not in sizes:
             sizes.append(tuple(size))
     return sizes  # type: ignore[return-value]
+
+
+# (evaluator name, max abs, PSNR dB) of the last macOS comparison, for tests and callers.
+LAST_REFERENCE_COMPARISON: list[tuple[str, float, float]] = []
+
+
+def _compare_with_references(path: Path, image_nchw: np.ndarray, options: ExportOptions,
+                             apple: np.ndarray) -> None:
+    """On macOS: run the registered reference evaluators too and say (stderr) how far
+    they are from Apple's runtime. A disagreement is a warning, not a failure: the
+    parity check against PyTorch judges the file; this judges the evaluator."""
+    import sys
+
+    from edgesr.export.parity import compare, tolerance_for
+
+    LAST_REFERENCE_COMPARISON.clear()
+    for name, evaluator in _REFERENCE_EVALUATORS:
+        try:
+            reference = evaluator(path, image_nchw, options)
+            max_abs, _, value_psnr = compare(reference, apple)
+        except Exception as exc:  # noqa: BLE001 - the comparison is advisory
+            print(f"[coreml] {name}: not compared with MLModel.predict ({first_line(exc)})",
+                  file=sys.stderr)
+            continue
+        LAST_REFERENCE_COMPARISON.append((name, max_abs, value_psnr))
+        agrees = tolerance_for(options).accepts(max_abs, value_psnr)
+        print(f"[coreml] {name} vs MLModel.predict: max abs {max_abs:.3g}, PSNR {value_psnr:.1f} dB"
+              f"{'' if agrees else ' -- WARNING: they disagree beyond the parity tolerance'}",
+              file=sys.stderr)
+
+
+def _reference_evaluation(path: Path, image_nchw: np.ndarray, options: ExportOptions) -> np.ndarray:
+    """edgesr.coreml_eval: the numpy evaluator of the ML program inside the package."""
+    if importlib.util.find_spec("coremltools") is None:
+        raise ParityUnavailable("coremltools is not installed")
+    from edgesr.coreml_eval import UnsupportedOpError, reference_evaluator
+
+    try:
+        return reference_evaluator(path, image_nchw, options)
+    except UnsupportedOpError as exc:
+        raise ParityUnavailable(f"not run: {exc}") from exc
 
 
 def _predict_macos(path: Path, image_nchw: np.ndarray, options: ExportOptions) -> np.ndarray:
@@ -214,3 +267,13 @@ def _make_deterministic(path: Path) -> None:
             os.chmod(os.path.join(root, entry), 0o755)
         for entry in files:
             os.chmod(os.path.join(root, entry), 0o644)
+
+
+def _register_builtin_evaluator() -> None:
+    from edgesr.coreml_eval import REFERENCE_RUNTIME
+
+    if all(evaluator is not _reference_evaluation for _, evaluator in _REFERENCE_EVALUATORS):
+        register_reference_evaluator(REFERENCE_RUNTIME, _reference_evaluation)
+
+
+_register_builtin_evaluator()

@@ -175,6 +175,19 @@ def _readiness(target: str, path: Path, options: ExportOptions):
         return analyze(target, path, precision=options.precision)
 
 
+def _write_app_files(final: Path, report: ExportReport, stage: Stage) -> None:
+    """Model card and Swift/Kotlin snippets beside the artifact (edgesr.appkit); never fails the export."""
+    stage(f"writing the model card and app snippets for {final.name}")
+    try:
+        from edgesr.appkit import write_app_files
+
+        with stdout_to_stderr():
+            written = write_app_files(final, report.to_dict())
+        report.notes.append("app files: " + ", ".join(Path(p).name for p in written.values()))
+    except Exception as exc:  # the artifact is valid without its card; say why there is none
+        report.notes.append(f"model card / snippets not written: {type(exc).__name__}: {exc}")
+
+
 def _stderr_stage(message: str) -> None:
     print(f"[export] {message}", file=sys.stderr, flush=True)
 
@@ -365,6 +378,7 @@ def export(
                 f"{figures}; needs {parity.tolerance}); no artifact written, see {failed_report_path}")
         stage(f"writing {final}")
         _install(staged, final)
+        _write_app_files(final, report, stage)
         _write_json(report_path, report.to_dict())
         _remove(failed_report_path)
         return report

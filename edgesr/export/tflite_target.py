@@ -98,9 +98,18 @@ class TFLiteTarget(Target):
         if tuple(detail["shape"]) != data.shape:
             interpreter.resize_tensor_input(detail["index"], list(data.shape))
         interpreter.allocate_tensors()
-        interpreter.set_tensor(detail["index"], np.ascontiguousarray(data, dtype=np.float32))
+        data = np.ascontiguousarray(data, dtype=np.float32)
+        if detail["dtype"] != np.float32:  # int8 graphs (edgesr.quantize): quantized I/O
+            scale, zero = detail["quantization"]
+            limits = np.iinfo(detail["dtype"])
+            data = np.clip(np.round(data / scale) + zero, limits.min, limits.max).astype(detail["dtype"])
+        interpreter.set_tensor(detail["index"], data)
         interpreter.invoke()
-        output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        sink = interpreter.get_output_details()[0]
+        output = interpreter.get_tensor(sink["index"])
+        if sink["dtype"] != np.float32:
+            scale, zero = sink["quantization"]
+            output = (output.astype(np.float32) - zero) * scale
         output = np.asarray(output, dtype=np.float32)
         return output.transpose(0, 3, 1, 2) if options.nhwc else output
 

@@ -6,10 +6,12 @@ activations) on the calibration patches, converted with ``convert_pt2e`` and the
 by ``litert_torch.convert``: a fully int8 graph with float32 I/O (QUANTIZE /
 DEQUANTIZE at its ends).
 
-``--int-io``: the graph's float input/output are replaced by uint8 pixel tensors
-(scale 1/255, zero point 0), so Android code feeds and reads image bytes: the first
-QUANTIZE op becomes a uint8 -> int8 requantize and the last DEQUANTIZE a QUANTIZE
-int8 -> uint8 (what TF's ``modify_model_interface`` does for converter models).
+I/O: litert-torch's PT2E graph already takes and returns int8 tensors (scale ~1/255,
+zero point -128 for [0,1] images: q = pixel - 128), recorded in the report's ``io``
+section, so Android code can feed bytes. ``--int-io`` turns a float-I/O graph into
+uint8 pixel I/O (scale 1/255, zero point 0) where the graph starts with QUANTIZE and
+ends with DEQUANTIZE (the first becomes a uint8 -> int8 requantize, the last a
+QUANTIZE int8 -> uint8, as TF's ``modify_model_interface`` does).
 
 w8: litert-torch's weight-only int8 recipe (ai-edge-quantizer); float activations.
 """
@@ -96,6 +98,18 @@ def make_int_io(path: Path) -> None:
     path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
 
 
+def _io_description(path: Path) -> dict:
+    """dtype and quantization of the file's input and output (int8 graphs: feed q = x/scale + zp)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    described = {}
+    for key, (detail,) in (("input", interpreter.get_input_details()), ("output", interpreter.get_output_details())):
+        scale, zero = detail["quantization"]
+        described[key] = {"dtype": np.dtype(detail["dtype"]).name, "scale": float(scale), "zero_point": int(zero)}
+    return described
+
+
 def interpreter_fn(path: Path, nhwc: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """An NCHW float [0,1] batch function over a LiteRT interpreter (XNNPACK), int I/O included."""
     from ai_edge_litert.interpreter import Interpreter
@@ -142,9 +156,10 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         if calib.to_dict() and options.calib_method != "minmax":
             section["calibration_method_note"] = ("PT2E uses litert-torch's histogram observers; "
                                                   f"--calib-method {options.calib_method} applies to onnx")
-        if options.int_io:
+        section["io"] = _io_description(destination)
+        if options.int_io and section["io"]["input"]["dtype"] == "float32":
             make_int_io(destination)
-            section["io"] = "uint8 pixels in and out (scale 1/255, zero point 0): feed image bytes"
+            section["io"] = _io_description(destination)
     elif options.precision == "w8":
         _weight_only(module, example, destination)
         section["method"] = "litert-torch weight-only int8 recipe (per-channel); float activations"

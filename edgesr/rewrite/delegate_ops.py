@@ -8,19 +8,25 @@ rewrite                what the delegate rejects                  equivalent for
 =====================  =========================================  =====================
 ``gelu_without_erf``   ONNX ``Erf`` (exact GELU): NNAPI has no    ``x/2 + |x|/2 *
                        Erf, so ORT splits the graph at every       erf(|x|/sqrt 2)``, erf
-                       GELU (and no Reciprocal; MLProgram has no   by a rational-exp form
-                       Abs or Neg)                                 (abs error < 1.2e-7)
-``layernorm_ops``      ONNX ``LayerNormalization``: not in NNAPI  mean / sub / pow /
-                                                                   mean / add / sqrt / div
+                       GELU (and no Reciprocal; MLProgram has no   by A&S 7.1.26
+                       Abs or Neg)                                 (abs error <= 1.5e-7)
+``layernorm_ops``      ONNX ``LayerNormalization``: not in NNAPI  mean / sub / mul /
+                       (the Pow form would be re-fused by ORT)     mean / add / sqrt / div
 ``reflect_pad_slices`` ONNX ``Pad`` (reflect): not in CoreML      slices reversed by a
                        MLProgram; NNAPI takes constant Pad only   constant flip + concat
+(same rewrite)         ONNX ``Resize`` (bilinear/nearest x s):     fixed 3x3 depthwise
+                       ORT's judge sees its empty optional         conv to s*s phases +
+                       inputs as not fixed-size: 1 node outside    DepthToSpace (edge
+                       every partition                             pad by slices)
 ``bias_slices``        ``Gather`` with a constant index           concat of contiguous
                        (HiT-SR's folded position bias): not in    slices (exact copy)
                        CoreML MLProgram, not on the Neural Engine
 =====================  =========================================  =====================
 
 Each rewrite is chosen per target: LiteRT's GPU delegate and CoreML take GELU and
-LayerNorm natively, so those stay fused there. Every form is exact maths; the GELU one
+LayerNorm natively, so those stay fused there; ONNX graphs change only when their input
+size is fixed (the mobile case: NNAPI takes no dynamic shapes), so ``--dynamic`` desktop
+graphs keep onnxruntime's fused Gelu and LayerNormalization kernels. Every form is exact maths; the GELU one
 differs from ``erf`` by less than fp32's own rounding of GELU's output magnitudes
 (parity tests in tests/test_readiness.py).
 """
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import math
 from typing import Iterator
 
@@ -35,41 +42,61 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgesr.rewrite import plan as _plan
 from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite
+
+# These rewrites act on what the architecture rewrites produce, so they must be
+# registered after them even when this module is imported first (e.g. by a test):
+# import the modules listed before this one in REWRITE_MODULES now.
+if __name__.rpartition(".")[2] in _plan.REWRITE_MODULES:
+    for _module in _plan.REWRITE_MODULES[:_plan.REWRITE_MODULES.index(__name__.rpartition(".")[2])]:
+        importlib.import_module(f"edgesr.rewrite.{_module}")
 
 # --------------------------------------------------------------------------------------
 # GELU without Erf
 # --------------------------------------------------------------------------------------
 
-# erf(z) for z >= 0 as 1 - t * exp(-z^2 + P(t)), t = 1 / (1 + z/2): Numerical Recipes'
-# erfc (Chebyshev fit, fractional error < 1.2e-7 everywhere).
-_ERFC_COEFFS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
-                0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277)
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - t*P(t)*exp(-z^2), t = 1/(1 + p*z), z >= 0,
+# |error| <= 1.5e-7 (the GELU error it leaves, 0.5*|x|*1.5e-7, is below fp32 rounding
+# of GELU's own values where erf is not yet 1).
+_AS_P = 0.3275911
+_AS_COEFFS = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
+
+
+def _t_of(magnitude_scaled: torch.Tensor, p: float) -> torch.Tensor:
+    # t = 1/(1 + p*z) = (1/p) / (1/p + z); a tensor numerator so that no Reciprocal op
+    # (not in NNAPI) is traced.
+    numerator = torch.full((1,), 1.0 / p, dtype=magnitude_scaled.dtype, device=magnitude_scaled.device)
+    return numerator / (magnitude_scaled + 1.0 / p)
 
 
 def erf_nonnegative(z: torch.Tensor) -> torch.Tensor:
-    """erf of ``z >= 0`` from Mul/Add/Div/Exp only (no Erf, Neg, Reciprocal or Where).
-
-    ``t = 2 / (2 + z)`` with a tensor numerator rather than ``1 / (1 + z/2)``: a
-    Python-number numerator traces as ONNX Reciprocal, which NNAPI does not take.
-    """
-    two = torch.full((1,), 2.0, dtype=z.dtype, device=z.device)
-    t = two / (z + 2.0)  # a tensor numerator: ``2.0 / d`` would trace as Reciprocal
-    poly = torch.full_like(z, _ERFC_COEFFS[-1])
-    for coeff in reversed(_ERFC_COEFFS[:-1]):
+    """erf of ``z >= 0`` from Mul/Add/Div/Exp only (no Erf, Neg, Reciprocal or Where)."""
+    t = _t_of(z, _AS_P)
+    poly = torch.full_like(z, _AS_COEFFS[-1])
+    for coeff in reversed(_AS_COEFFS[:-1]):
         poly = poly * t + coeff
-    return 1.0 - t * torch.exp(poly - z * z)
+    return 1.0 - poly * t * torch.exp(z * z * -1.0)
 
 
 def gelu_without_erf(x: torch.Tensor) -> torch.Tensor:
-    """Exact GELU, ``x * Phi(x)``, written as ``x/2 + |x|/2 * erf(|x|/sqrt(2))``.
+    """Exact GELU, ``x * Phi(x)``, without Erf: ``relu(x) - |x|/2 * erfc(|x|/sqrt 2)``.
 
-    ``x * erf(x / sqrt 2)`` is even, so only erf of a non-negative argument is needed and
-    no sign or select op appears. ``|x|`` is ``max(x, -1 * x)``: CoreML MLProgram has no
-    Abs and no Neg, both take Max and Mul.
+    ``x * erf(x / sqrt 2)`` is even, so ``gelu(x) = x/2 + |x|/2 * erf(|x|/sqrt 2)
+    = relu(x) - |x|/2 * (1 - erf(|x|/sqrt 2))`` and erfc of a non-negative argument is
+    ``t*P(t)*exp(-z^2)`` (A&S 7.1.26): 20 elementwise ops, none of them Erf, Abs, Neg,
+    Reciprocal, Sign or Where. ``|x|`` is ``max(x, -1 * x)`` (CoreML MLProgram has no
+    Abs and no Neg).
     """
     magnitude = torch.maximum(x, x * -1.0)
-    return 0.5 * x + 0.5 * magnitude * erf_nonnegative(magnitude * (1.0 / math.sqrt(2.0)))
+    # z = |x|/sqrt2, t = 1/(1 + p z) = (sqrt2/p) / (sqrt2/p + |x|): one Add, one Div.
+    t = _t_of(magnitude, _AS_P / math.sqrt(2.0))
+    # The 0.5 of |x|/2 folded into the coefficients.
+    poly = t * (0.5 * _AS_COEFFS[-1]) + 0.5 * _AS_COEFFS[-2]
+    for coeff in reversed(_AS_COEFFS[:-2]):
+        poly = poly * t + 0.5 * coeff
+    tail = poly * t * torch.exp(magnitude * magnitude * -0.5)  # exp(-z^2), z^2 = x^2/2
+    return torch.relu(x) - magnitude * tail
 
 
 class ErfFreeGELU(nn.Module):
@@ -83,11 +110,12 @@ class ErfFreeGELU(nn.Module):
 
 
 class ElementaryLayerNorm(nn.Module):
-    """``nn.LayerNorm`` over the last axis as ReduceMean/Sub/Pow/Add/Sqrt/Div/Mul/Add.
+    """``nn.LayerNorm`` over the last axis as ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div.
 
-    The op sequence is the one onnxruntime's LayerNormFusion recognises, so a desktop
-    ORT session fuses it back into its LayerNormalization kernel (no CPU cost), while
-    NNAPI, which has no LayerNormalization, takes each op.
+    The square is a Mul, not a Pow: with Pow the sequence is the one onnxruntime's
+    LayerNormFusion recognises, and ORT (on the phone too: the fusion runs at its BASIC
+    level, when a session loads the model) would rebuild the LayerNormalization that
+    NNAPI cannot take. The price is that desktop ORT runs the ops unfused.
     """
 
     def __init__(self, norm: nn.LayerNorm) -> None:
@@ -101,7 +129,7 @@ class ElementaryLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = x.mean(dim=-1, keepdim=True)
         centred = x - mean
-        variance = centred.pow(2).mean(dim=-1, keepdim=True)
+        variance = (centred * centred).mean(dim=-1, keepdim=True)
         out = centred / torch.sqrt(variance + self.eps)
         if self.weight is not None:
             out = out * self.weight
@@ -149,30 +177,94 @@ def _pad_with_slices(input: torch.Tensor, pad, mode: str = "constant", value=Non
 
 
 @contextlib.contextmanager
-def reflect_pads_as_slices() -> Iterator[None]:
-    """While active, reflect-mode ``F.pad`` with static non-negative pads runs as slices.
+def reflect_pads_as_slices(pads: bool = True, upsampling: bool = False) -> Iterator[None]:
+    """While active, reflect-mode ``F.pad`` (static non-negative pads) runs as slices and,
+    with ``upsampling``, integer-factor bilinear/nearest ``F.interpolate`` as a conv.
 
-    The two forms give identical values, so a concurrent caller of ``F.pad`` is not
-    affected in its results.
+    Both forms give the same values, so a concurrent caller of ``F.pad`` or
+    ``F.interpolate`` is not affected in its results.
     """
-    saved = F.pad
-    F.pad = _pad_with_slices
+    saved_pad, saved_interpolate = F.pad, F.interpolate
+    if pads:
+        F.pad = _pad_with_slices
+    if upsampling:
+        F.interpolate = _interpolate_with_conv
     try:
         yield
     finally:
-        F.pad = saved
+        F.pad, F.interpolate = saved_pad, saved_interpolate
 
 
 class ReflectPadAsSlices(nn.Module):
-    """Wraps a network: its reflect pads become Slice/Concat ops in the traced graph."""
+    """Wraps a network: while it traces, its reflect pads become Slice/Concat ops and
+    (with ``upsampling``) its Resize ops fixed convs + DepthToSpace."""
 
-    def __init__(self, network: nn.Module) -> None:
+    def __init__(self, network: nn.Module, pads: bool = True, upsampling: bool = False) -> None:
         super().__init__()
         self.network = network
+        self.pads = pads
+        self.upsampling = upsampling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with reflect_pads_as_slices():
+        with reflect_pads_as_slices(self.pads, self.upsampling):
             return self.network(x)
+
+
+# --------------------------------------------------------------------------------------
+# Integer-factor upsampling as a fixed convolution + DepthToSpace
+# --------------------------------------------------------------------------------------
+
+
+def _edge_pad1(x: torch.Tensor) -> torch.Tensor:
+    """Replicate-pad H and W by one pixel with slices and concat (no Pad op)."""
+    x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
+    return torch.cat([x[:, :, :, :1], x, x[:, :, :, -1:]], dim=3)
+
+
+def _bilinear_taps(scale: int) -> torch.Tensor:
+    """``(scale, 3)``: weights of rows i-1, i, i+1 for output phase p (align_corners=False).
+
+    Output ``i*s + p`` samples source ``i + (p + 0.5)/s - 0.5``; the clamping of the
+    source index at the borders equals sampling a replicate-padded map.
+    """
+    taps = torch.zeros(scale, 3, dtype=torch.float64)
+    for phase in range(scale):
+        offset = (phase + 0.5) / scale - 0.5
+        if offset < 0:
+            taps[phase, 0], taps[phase, 1] = -offset, 1 + offset
+        else:
+            taps[phase, 1], taps[phase, 2] = 1 - offset, offset
+    return taps
+
+
+def upsample_by_conv(x: torch.Tensor, scale: int, mode: str) -> torch.Tensor:
+    """``F.interpolate(x, scale_factor=scale, mode)`` (bilinear without align_corners, or
+    nearest) as a per-channel 3x3 conv to ``scale**2`` phases and a pixel shuffle."""
+    channels = x.shape[1]
+    if mode == "nearest":
+        taps = torch.zeros(scale, 3, dtype=torch.float64)
+        taps[:, 1] = 1.0
+    else:
+        taps = _bilinear_taps(scale)
+    kernel = (taps[:, None, :, None] * taps[None, :, None, :]).reshape(scale * scale, 1, 3, 3)
+    weight = kernel.repeat(channels, 1, 1, 1).to(dtype=x.dtype, device=x.device)
+    phases = F.conv2d(_edge_pad1(x), weight, groups=channels)
+    return F.pixel_shuffle(phases, scale)
+
+
+_ORIGINAL_INTERPOLATE = F.interpolate
+
+
+def _interpolate_with_conv(input, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                           recompute_scale_factor=None, antialias=False):
+    scale = scale_factor
+    if (input.dim() == 4 and size is None and isinstance(scale, (int, float)) and float(scale).is_integer()
+            and int(scale) >= 2 and not antialias and not recompute_scale_factor
+            and (mode == "nearest" or (mode == "bilinear" and not align_corners))):
+        return upsample_by_conv(input, int(scale), mode)
+    return _ORIGINAL_INTERPOLATE(input, size=size, scale_factor=scale_factor, mode=mode,
+                                 align_corners=align_corners, recompute_scale_factor=recompute_scale_factor,
+                                 antialias=antialias)
 
 
 # --------------------------------------------------------------------------------------
@@ -276,20 +368,25 @@ def layernorm_as_elementary(model: nn.Module) -> nn.Module:
     return _replace(model, _is_last_axis_layernorm, ElementaryLayerNorm)
 
 
-def reflect_pads_sliced(model: nn.Module) -> nn.Module:
-    """The model wrapped so that its reflect pads trace as slices (fixed sizes only)."""
-    return _keep_info(model, ReflectPadAsSlices(copy.deepcopy(model)))
+def reflect_pads_sliced(model: nn.Module, upsampling: bool = False) -> nn.Module:
+    """The model wrapped so that its reflect pads trace as slices (fixed sizes only) and,
+    with ``upsampling``, its integer-factor interpolations as convs."""
+    return _keep_info(model, ReflectPadAsSlices(copy.deepcopy(model), pads=True, upsampling=upsampling))
 
 
 def _has(model: nn.Module, match) -> bool:
     return any(match(m) for m in model.modules())
 
 
-def _uses_reflect_pad(model: nn.Module) -> bool:
-    # HiT-SR pads its windows (and HiT-SNG its n-gram maps) by reflection.
+def _uses_reflect_pad_or_resize(model: nn.Module) -> bool:
+    # HiT-SR pads its windows (and HiT-SNG its n-gram maps) by reflection; SRConvNet
+    # adds a bilinear upsampling of its input, HiT-SR's nearest+conv head a nearest one.
     from edgesr.models.hit_common import HiTSR
+    from edgesr.models.srconvnet import SRConvNet
 
-    return _has(model, lambda m: isinstance(m, HiTSR)) and not isinstance(model, ReflectPadAsSlices)
+    if isinstance(model, ReflectPadAsSlices):
+        return False
+    return _has(model, lambda m: isinstance(m, (HiTSR, SRConvNet)))
 
 
 def _onnx_fixed(context: ExportContext) -> bool:
@@ -299,24 +396,26 @@ def _onnx_fixed(context: ExportContext) -> bool:
 GELU_WITHOUT_ERF = register_rewrite(Rewrite(
     name="gelu_without_erf",
     description="exact GELU without Erf (NNAPI has no Erf): x/2 + |x|/2*erf(|x|/sqrt2), erf by exp",
-    applies=lambda model, context: context.target == "onnx" and _has(model, _is_exact_gelu),
+    applies=lambda model, context: _onnx_fixed(context) and _has(model, _is_exact_gelu),
     apply=lambda model, context: gelu_as_elementary(model),
 ))
 
 LAYERNORM_OPS = register_rewrite(Rewrite(
     name="layernorm_ops",
-    description="LayerNorm as ReduceMean/Sub/Pow/Sqrt/Div (NNAPI has no LayerNormalization; "
-                "ORT fuses it back on desktop)",
-    applies=lambda model, context: context.target == "onnx" and _has(model, _is_last_axis_layernorm),
+    description="LayerNorm as ReduceMean/Sub/Mul/Sqrt/Div (NNAPI has no LayerNormalization; "
+                "Mul rather than Pow so that ORT's LayerNormFusion does not rebuild it)",
+    applies=lambda model, context: _onnx_fixed(context) and _has(model, _is_last_axis_layernorm),
     apply=lambda model, context: layernorm_as_elementary(model),
 ))
 
 REFLECT_PAD_SLICES = register_rewrite(Rewrite(
     name="reflect_pad_slices",
     description="reflect padding as slices + flips + concat (CoreML MLProgram has no Pad, "
-                "NNAPI only constant Pad)",
-    applies=lambda model, context: _onnx_fixed(context) and _uses_reflect_pad(model),
-    apply=lambda model, context: reflect_pads_sliced(model),
+                "NNAPI only constant Pad); integer-factor bilinear/nearest upsampling as a "
+                "fixed 3x3 conv + DepthToSpace (ORT's judge counts Resize with empty "
+                "roi/scales inputs as not fixed-size)",
+    applies=lambda model, context: _onnx_fixed(context) and _uses_reflect_pad_or_resize(model),
+    apply=lambda model, context: reflect_pads_sliced(model, upsampling=True),
 ))
 
 BIAS_SLICES = register_rewrite(Rewrite(

@@ -16,8 +16,9 @@ head for a 64x64 window) and the bias is rebuilt per run by two small-index gath
 (``gh*win_h`` rows, then ``gw*win_w`` columns), a rank-5 reshape and a permute.
 
 The expansion is tied to the runtime input by adding a zero derived from it
-(``anchor``, see ``runtime_zero``): without that, onnxsim (and the TFLite/CoreML
-converters) fold the expansion back into the large constant. ``T + 0`` is exact.
+(``anchor``, see ``runtime_zero``): without that, onnxsim and the TFLite converter
+fold the expansion back into the large constant (52 MB TFLite file for HiT-SRF).
+``T + 0`` is exact.
 """
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ from edgesr.models.hit_common import WindowPositionBias
 
 def runtime_zero(x: torch.Tensor) -> torch.Tensor:
     """A ``(1, 1, 1)`` zero that depends on ``x``'s values, so that constant folders
-    leave the bias expansion in the graph (exact for every finite input)."""
-    return x.reshape(-1)[:1].reshape(1, 1, 1) * 0.0
+    leave the bias expansion in the graph: ``min(e*e, 0)`` of one element ``e``.
+
+    Zero for every non-NaN ``e`` (infinities included). ``e * 0`` or ``e - e`` would
+    not do: the TFLite converter simplifies both to a constant zero (measured) and
+    then folds the expanded bias back in."""
+    element = x.reshape(-1)[:1].reshape(1, 1, 1)
+    return torch.clamp(element * element, max=0.0)
 
 
 def box_filtered_table(pos: WindowPositionBias) -> torch.Tensor:

@@ -147,8 +147,9 @@ class FoldedCorrelation(nn.Module):
     """``SpatialChannelCorrelation`` (and HiT-SNG's n-gram subclass) without rank > 5
     tensors, with the position bias folded and the spatial product reassociated.
 
-    ``forward(x, height, width, anchor)``: padded NCHW map in, NHWC cropped to
-    ``height x width`` out; ``anchor`` is a zero tied to the input (``runtime_zero``).
+    ``forward(x, height, width, anchor, crop)``: padded NCHW map in, NHWC cropped to
+    ``height x width`` out (``crop=False`` when nothing was padded); ``anchor`` is a
+    zero tied to the input (``runtime_zero``).
     """
 
     def __init__(self, correlation: SpatialChannelCorrelation) -> None:
@@ -181,7 +182,7 @@ class FoldedCorrelation(nn.Module):
         grid = pooled.reshape(batch, half, height // self.cell_size[0], width // self.cell_size[1])
         return partition(grid.permute(0, 2, 3, 1), self.key_grid)
 
-    def forward(self, x: torch.Tensor, height, width, anchor: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, height, width, anchor: torch.Tensor, crop: bool = True) -> torch.Tensor:
         batch, _, padded_h, padded_w = x.shape
         qv = self.qv(x)
         channels = qv.shape[1]
@@ -205,7 +206,9 @@ class FoldedCorrelation(nn.Module):
         channel = v @ (q.transpose(-2, -1) @ v / area).transpose(-2, -1)  # (n, area, C/2)
         mixed = torch.cat([spatial, channel], dim=-1)
         merged = merge(mixed, self.window_size, batch, padded_h, padded_w)
-        return self.proj(merged[:, :height, :width])
+        if crop:  # a no-op crop exports as aten.alias, which coremltools rejects
+            merged = merged[:, :height, :width]
+        return self.proj(merged)
 
 
 class _FoldedBlock(nn.Module):
@@ -217,13 +220,16 @@ class _FoldedBlock(nn.Module):
         self.norm2 = block.norm2
         self.mlp = block.mlp
 
+    # Whether the correlation's output must be cropped back (always, for any size).
+    crop = True
+
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[1:3]
         padded = self.pad(x.permute(0, 3, 1, 2))
-        x = x + self.norm1(self.correlation(padded, height, width, runtime_zero(x)))
+        x = x + self.norm1(self.correlation(padded, height, width, runtime_zero(x), self.crop))
         return x + self.norm2(self.mlp(x))
 
 
@@ -234,6 +240,7 @@ class FixedSizeBlock(_FoldedBlock):
         super().__init__(block)
         self.size = (int(size[0]), int(size[1]))
         self.pad_steps = reflect_pad_plan(self.size, self.pad_multiple)
+        self.crop = bool(self.pad_steps)
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) != self.size:

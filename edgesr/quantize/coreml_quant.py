@@ -1,0 +1,116 @@
+"""CoreML int8 (W8A8), w8 (weight-only) and fp16, produced and checked on Linux.
+
+- w8: the fp32 ML Program is converted first, then ``coremltools.optimize.coreml.
+  linear_quantize_weights`` (symmetric per-channel int8) rewrites its weights.
+- int8 (W8A8): activations must be calibrated by running the model; CoreML runs only
+  on macOS, so calibration happens on the PyTorch side: PT2E (torchao
+  ``prepare_pt2e``/``convert_pt2e`` with litert-torch's symmetric per-channel int8
+  quantizer) observes the calibration patches, and the quantize/dequantize graph is
+  converted by coremltools into an ML Program with int8 weights and quantized
+  activations. (coremltools' own CoreMLQuantizer does not import with this PyTorch.)
+- fp16: the target's own conversion.
+
+PSNR-Y: the .mlpackage cannot run on Linux; for int8 the PSNR-Y reported is that of
+the calibrated PT2E model in PyTorch (the same quantization, simulated), and the
+report says so. Structure is checked by reloading the spec and its weights.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgesr.errors import EdgeSRError
+from edgesr.export.base import first_line
+
+
+def _weights_int8(source: Path, destination: Path) -> None:
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    try:
+        model = ct.models.MLModel(str(source), skip_model_load=True)
+        config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", granularity="per_channel", weight_threshold=64))
+        quantized = cto.linear_quantize_weights(model, config)
+        quantized.save(str(destination))
+    except Exception as exc:
+        raise EdgeSRError(f"CoreML w8 (linear_quantize_weights) failed: {first_line(exc)}") from exc
+
+
+def _pt2e_model(module, example, patches: np.ndarray):
+    import torch
+    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
+    from torchao.quantization.pt2e import quantize_pt2e
+
+    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    captured = torch.export.export(module, (example,)).module()
+    prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
+    with torch.no_grad():
+        for patch in patches:
+            prepared(torch.from_numpy(np.ascontiguousarray(patch[None])))
+    return quantize_pt2e.convert_pt2e(prepared, fold_quantize=True)
+
+
+def _structure(path: Path) -> dict:
+    """Reload the package's spec: ML Program, its ops, and whether weights are 8-bit."""
+    import coremltools as ct
+
+    model = ct.models.MLModel(str(path), skip_model_load=True)
+    spec = model.get_spec()
+    program = spec.mlProgram
+    ops: dict[str, int] = {}
+    for function in program.functions.values():
+        for block in function.block_specializations.values():
+            for op in block.operations:
+                ops[op.type] = ops.get(op.type, 0) + 1
+    return {"model_type": spec.WhichOneof("Type"), "spec_version": spec.specificationVersion,
+            "ops": dict(sorted(ops.items())),
+            "int8_ops": {k: v for k, v in ops.items() if "quantize" in k or "dequantize" in k}}
+
+
+def export_quantized(target, module, example, options, destination: Path, work: Path, calib, val,
+                     float_quality, arch, stage) -> dict:
+    from edgesr.quantize import float_options
+    from edgesr.quantize.quality import measure_psnr
+
+    section: dict = {"runtime": "CoreML (macOS only): not run here"}
+    tile = tuple(options.input_size)
+    if options.precision == "w8":
+        float_path = work / "float.mlpackage"
+        target.convert(module, example, float_options(options), float_path)
+        _weights_int8(float_path, destination)
+        section["method"] = "coremltools.optimize.coreml.linear_quantize_weights: int8 per-channel symmetric"
+        section["quality_note"] = "w8 PSNR-Y needs CoreML (macOS); not measured here"
+    elif options.precision == "int8":
+        if options.image_io:
+            raise EdgeSRError("--image-io with --precision int8 is not supported for coreml yet")
+        stage(f"PT2E int8 calibration in PyTorch ({len(calib)} patches) for CoreML W8A8")
+        import torch
+
+        try:
+            quantized = _pt2e_model(module, example, calib.patches)
+            program = torch.export.export(quantized, (example,)).run_decompositions({})
+        except Exception as exc:
+            raise EdgeSRError(f"CoreML int8: PT2E calibration failed: {first_line(exc)}") from exc
+        # Activation quantize/dequantize in an ML Program needs iOS 17.
+        from dataclasses import replace
+
+        convert_options = replace(float_options(options), min_ios=max(options.min_ios or 17, 17))
+        section["min_ios"] = convert_options.min_ios
+        target.convert_program(program, convert_options, destination)
+        section["method"] = ("W8A8: PT2E in PyTorch (symmetric per-channel int8 weights, int8 "
+                             "activations calibrated on Linux), converted by coremltools")
+        if val is not None:
+            def run(batch: np.ndarray) -> np.ndarray:
+                with torch.no_grad():
+                    return quantized(torch.from_numpy(batch)).float().numpy()
+
+            simulated = measure_psnr(run, val, tile, arch)
+            section["quantized"] = {**simulated.to_dict(), "measured_with": "PT2E model in PyTorch "
+                                    "(same quantization, simulated); CoreML runs only on macOS"}
+    else:
+        target.convert(module, example, options, destination)
+        section["quality_note"] = f"{options.precision} PSNR-Y needs CoreML (macOS); not measured here"
+    section["structure"] = _structure(destination)
+    return section

@@ -1,0 +1,207 @@
+"""Quantized exports (edgesr.quantize): int8 per target with a measured PSNR-Y check
+against the float model, the bad-input errors, and the budget search on a model with
+one op known to be sensitive. Tiny models and images only."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from edgesr.errors import EdgeSRError
+from edgesr.export.parity import natural_image
+
+SIZE = (32, 32)
+
+
+def _tiny():
+    from edgesr.models.loading import create
+
+    torch.manual_seed(0)
+    return create("srconvnet", 2, dim=16, num_blocks=1, num_heads=2, num_kernels=4)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A calibration folder (5 images) and a validation folder of HR images (2)."""
+    root = tmp_path_factory.mktemp("quant")
+    calib, val = root / "calib", root / "val"
+    calib.mkdir()
+    val.mkdir()
+    for seed in range(5):
+        pixels = (natural_image(48, 56, seed).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(calib / f"c{seed}.png")
+    for seed in (10, 11):
+        pixels = (natural_image(64, 64, seed).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(val / f"v{seed}.png")
+    return {"calib": str(calib), "val": str(val), "root": root}
+
+
+def _export(target, precision, data, out, **extra):
+    from edgesr.export.pipeline import export
+
+    return export(_tiny(), target, input_size=SIZE, precision=precision, out_dir=out,
+                  calib=data["calib"], calib_count=6, val=data["val"], delegate_ready=False, **extra)
+
+
+def test_onnx_int8_measured_against_float(data, tmp_path):
+    import onnx
+
+    report = _export("onnx", "int8", data, tmp_path)
+    q = report.quantization
+    assert report.status == "passed" and "PSNR-Y" in report.parity["tolerance"]
+    assert q["calibration"]["patches"] == 6 and q["validation"]["images"] == ["v10", "v11"]
+    # The measured quality: artifact vs the float model on the same tiles.
+    assert abs(q["delta_db"]) < 1.0
+    assert q["delta_db"] == pytest.approx(q["quantized"]["psnr_y"] - q["float"]["psnr_y"], abs=1e-3)
+    assert q["latency_ms"]["int8"] > 0 and q["size_bytes"]["int8"] > 0
+    model = onnx.load(report.artifact)
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert {p.key: p.value for p in model.metadata_props}["edgesr.precision"] == "int8"
+    saved = json.loads(open(report.report).read())
+    assert saved["quantization"]["kept_float"]["groups"] == []
+
+
+def test_onnx_w8_is_weight_only(data, tmp_path):
+    import onnx
+
+    report = _export("onnx", "w8", data, tmp_path)
+    model = onnx.load(report.artifact)
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in model.graph.initializer)
+    assert "QuantizeLinear" not in {n.op_type for n in model.graph.node}
+    assert abs(report.quantization["delta_db"]) < 0.5
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"calib": None}, "--precision int8 needs --calib"),
+    ({"int_io": True}, "--int-io does not apply to onnx"),
+    ({"calib_method": "magic"}, "--calib-method 'magic'"),
+    ({"max_psnr_drop": -1.0}, "--max-psnr-drop -1"),
+    ({"calib": "/nonexistent/calib"}, "no such folder"),
+])
+def test_bad_options_fail_before_any_work(data, tmp_path, extra, message):
+    from edgesr.export.pipeline import export
+
+    options = {"calib": data["calib"], "val": data["val"], **extra}
+    with pytest.raises(EdgeSRError, match=message.replace("(", r"\(")):
+        export(_tiny(), "onnx", input_size=SIZE, precision="int8", out_dir=tmp_path / "out",
+               **{k: v for k, v in options.items() if v is not None})
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_empty_calibration_folder_writes_nothing(data, tmp_path):
+    from edgesr.export.pipeline import export
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(EdgeSRError, match="no images"):
+        export(_tiny(), "onnx", input_size=SIZE, precision="int8", out_dir=tmp_path / "out",
+               calib=str(empty), val=data["val"])
+    assert not [p for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")]
+
+
+# --- the budget search ------------------------------------------------------------
+
+
+def test_search_keeps_the_costliest_groups():
+    from edgesr.quantize.budget import search
+
+    costs = {"A": 0.05, "B": 0.8, "C": 0.02, "D": 0.3}
+    groups = {name: [name.lower() + str(i) for i in range(3)] for name in costs}
+
+    def measure(kept):  # additive costs of the quantized groups
+        return 30.0 - sum(cost for name, cost in costs.items() if name not in kept)
+
+    result = search(groups, measure, float_psnr=30.0, plain_psnr=measure([]), budget_db=0.1)
+    assert result.met and result.kept_float == ["B", "D"]
+    assert result.final_delta_db == pytest.approx(-0.07)
+    assert [c.group for c in sorted(result.sensitivity, key=lambda c: -c.cost_db)][:2] == ["B", "D"]
+    assert "kept B, D in float" in result.verdict
+    tight = search(groups, measure, 30.0, measure([]), budget_db=0.01)
+    assert tight.met and "most of the network in float" in tight.verdict
+
+
+class Sensitive(nn.Module):
+    """x2 upscaler (bilinear of the image plus a small residual) whose image path goes
+    through a tensor with one channel 10^4 times larger than the others: a
+    per-tensor int8 range on that tensor wipes out the image channels, so the ops that
+    quantize it (the Mul, the last Conv reading it) are the sensitive ones."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 3, 3, padding=1)
+        self.unmix = nn.Conv2d(4, 3, 1, bias=False)
+        with torch.no_grad():
+            self.c2.weight.mul_(0.1)
+            self.unmix.weight.zero_()
+            for channel in range(3):
+                self.unmix.weight[channel, channel] = 1.0
+
+    def forward(self, x):
+        residual = self.c2(torch.relu(self.c1(x)))
+        # (squared so that no optimizer folds the 10^4 into the next convolution)
+        wide = torch.cat([x, torch.square(x[:, :1] * 100.0)], 1)
+        base = self.unmix(wide) + residual
+        return nn.functional.interpolate(base, scale_factor=2, mode="bilinear", align_corners=False).clamp(0, 1)
+
+
+def test_budget_search_finds_the_sensitive_op(data, tmp_path):
+    from edgesr.calibration import load_calibration, validation_set
+    from edgesr.export.base import ExportOptions
+    from edgesr.export.onnx_target import OnnxTarget
+    from edgesr.quantize.budget import search
+    from edgesr.quantize.onnx_quant import OnnxQuantizer, session_fn
+    from edgesr.quantize.quality import measure_psnr, torch_batch_fn
+
+    model = Sensitive().eval()
+    float_path = tmp_path / "float.onnx"
+    with torch.no_grad():
+        OnnxTarget().convert(model, torch.rand(1, 3, *SIZE), ExportOptions(input_size=SIZE), float_path)
+    calib = load_calibration(data["calib"], SIZE, count=6, holdout=0)
+    val = validation_set(2, data["val"])
+    float_psnr = measure_psnr(torch_batch_fn(model), val, SIZE).psnr_y
+    quantizer = OnnxQuantizer(float_path, tmp_path / "work", calib)
+    groups = quantizer.node_groups()
+    counter = iter(range(1000))
+
+    def measure(kept):
+        nodes = [n for name in kept for n in groups[name]]
+        path = quantizer.quantize(tmp_path / f"c{next(counter)}.onnx", nodes)
+        return measure_psnr(session_fn(path), val, SIZE).psnr_y
+
+    plain = measure([])
+    assert float_psnr - plain > 0.5  # plain int8 misses a 0.1 dB budget by far
+    result = search(groups, measure, float_psnr, plain, 0.1)
+    assert result.met and result.final_delta_db >= -0.1
+    assert "Mul" in result.kept_float or "Conv:last" in result.kept_float
+    # The sensitive ops dominate the sensitivity ranking; the plain convs are cheap.
+    costs = {c.group: c.cost_db for c in result.sensitivity}
+    assert max(costs.get("Mul", 0), costs.get("Conv:last", 0)) > 0.5 > costs.get("Conv", 0)
+    assert "Conv" not in result.kept_float and "Conv:first" not in result.kept_float
+
+
+# --- the other targets (slow: litert-torch / coremltools conversions) ----------------
+
+
+@pytest.mark.slow
+def test_tflite_int8_measured_against_float(data, tmp_path):
+    report = _export("tflite", "int8", data, tmp_path)
+    q = report.quantization
+    assert abs(q["delta_db"]) < 1.0 and q["io"]["input"]["dtype"] in ("int8", "float32")
+    assert report.parity["status"] == "passed"
+
+
+@pytest.mark.slow
+def test_coreml_int8_and_w8_are_structurally_valid(data, tmp_path):
+    for precision in ("int8", "w8"):
+        report = _export("coreml", precision, data, tmp_path, name=f"m_{precision}")
+        structure = report.quantization["structure"]
+        assert structure["model_type"] == "mlProgram"
+        assert structure["int8_ops"], structure["ops"]
+    assert abs(report.quantization.get("delta_db", 0.0)) < 1.0
