@@ -41,23 +41,38 @@ class EvalResult:
                 "images": [asdict(s) for s in self.images]}
 
 
-def find_pairs(data_dir: str | Path, scale: int) -> list[tuple[Path, Path]]:
-    """(LR, HR) pairs: HR/<name>.png with LR_bicubic/X<s>/<name>x<s>.png."""
+def find_pairs(data_dir: str | Path, scale: int) -> list[tuple[Path | None, Path]]:
+    """(LR, HR) pairs: HR/<name>.png with LR_bicubic/X<s>/<name>x<s>.png.
+
+    Without LR_bicubic/X<s>/ (or for a plain folder of images) LR is None: ``read_pair``
+    then makes it with MATLAB bicubic, as the benchmarks' LR files were made.
+    """
     root = Path(data_dir)
-    hr_dir, lr_dir = root / "HR", root / "LR_bicubic" / f"X{scale}"
-    if not hr_dir.is_dir():
-        raise EdgeSRError(f"{root}: expected a benchmark folder with HR/ and LR_bicubic/X{scale}/ inside")
-    if not lr_dir.is_dir():
-        raise EdgeSRError(f"{root}: has HR/ but no LR_bicubic/X{scale}/ for x{scale}")
-    pairs = []
+    if not root.is_dir():
+        raise EdgeSRError(f"{root}: no such folder")
+    hr_dir = root / "HR" if (root / "HR").is_dir() else root
+    lr_dir = root / "LR_bicubic" / f"X{scale}"
+    pairs: list[tuple[Path | None, Path]] = []
     for hr in sorted(p for p in hr_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        if not lr_dir.is_dir():
+            pairs.append((None, hr))
+            continue
         lr = lr_dir / f"{hr.stem}x{scale}{hr.suffix}"
         if not lr.exists():
             raise EdgeSRError(f"{hr}: no matching LR file {lr}")
         pairs.append((lr, hr))
     if not pairs:
-        raise EdgeSRError(f"{hr_dir}: no images")
+        raise EdgeSRError(f"{hr_dir}: no images (expected HR/ with LR_bicubic/X{scale}/, or a folder of HR images)")
     return pairs
+
+
+def read_pair(lr_path: Path | None, hr_path: Path, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """The LR image (float, [0,1]) and the uint8 HR cropped to LR size x scale."""
+    from edgesr.degrade import downscale
+
+    hr = read_rgb(hr_path)
+    lr = read_rgb(lr_path) if lr_path is not None else downscale(hr, scale)
+    return lr, quantize(hr)[: lr.shape[0] * scale, : lr.shape[1] * scale]
 
 
 def bicubic_upscale(lr: np.ndarray, scale: int) -> np.ndarray:
@@ -71,13 +86,10 @@ def evaluate(upscale: Upscaler, data_dir: str | Path, scale: int, show_progress:
     result = EvalResult(str(data_dir), scale)
     pairs = find_pairs(data_dir, scale)
     for lr_path, hr_path in progress(pairs, desc=f"eval x{scale}", enabled=show_progress):
-        lr = read_rgb(lr_path)
-        hr_u8 = quantize(read_rgb(hr_path))
-        height, width = lr.shape[0] * scale, lr.shape[1] * scale
-        hr_u8 = hr_u8[:height, :width]
+        lr, hr_u8 = read_pair(lr_path, hr_path, scale)
         sr_u8 = quantize(upscale(lr))
         if sr_u8.shape != hr_u8.shape:
-            raise EdgeSRError(f"{lr_path}: upscaler returned {sr_u8.shape}, expected {hr_u8.shape}")
+            raise EdgeSRError(f"{hr_path}: upscaler returned {sr_u8.shape}, expected {hr_u8.shape}")
         bicubic_u8 = quantize(bicubic_upscale(lr, scale))
         result.images.append(ImageScore(
             hr_path.stem,

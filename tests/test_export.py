@@ -6,7 +6,7 @@ session (module-scoped fixture) and the tests read what it produced.
 from __future__ import annotations
 
 import json
-import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,18 +97,16 @@ def test_export_writes_artifact_report_and_metadata(exported, target, precision)
 
     checks = saved["parity"]["checks"]
     assert len(checks) == 2
-    if target == "coreml":
-        # MLModel.predict exists only on macOS: the report must say so, never "passed".
-        assert saved["status"] == "parity not run"
-        assert all(c["status"] == "not run" and "macOS" in c["note"] for c in checks)
-    else:
-        assert saved["status"] == "passed"
-        for check in checks:
-            assert check["status"] == "passed"
-            if precision == "fp32":
-                assert check["max_abs"] <= 1e-4
-            else:
-                assert check["psnr"] >= 45
+    assert saved["status"] == "passed"
+    for check in checks:
+        assert check["status"] == "passed"
+        if target == "coreml" and sys.platform != "darwin":
+            # Off macOS the ML program runs in edgesr's reference evaluator, and says so.
+            assert check["runtime"] == "reference evaluation of the ML program (not Apple's runtime)"
+        if precision == "fp32":
+            assert check["max_abs"] <= 1e-4
+        else:
+            assert check["psnr"] >= 45
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -63,20 +63,18 @@ def _from_hr(paths: Sequence[Path], scale: int, source: str, kind: str,
 def validation_set(scale: int, val_dir: str | Path | None = None,
                    held_out: Sequence[Path] = (), max_images: int | None = None) -> ValidationSet:
     """The validation pairs: ``val_dir`` when given, else the held-out calibration images."""
-    from edgesr.imageio import list_images, read_rgb
-    from edgesr.metrics import quantize
+    from edgesr.imageio import list_images
 
     if val_dir is not None:
         root = Path(val_dir)
         if not root.exists():
             raise EdgeSRError(f"--val {root}: no such folder")
         if (root / "HR").is_dir():
-            from edgesr.evaluate import find_pairs
+            from edgesr.evaluate import find_pairs, read_pair
 
             result = ValidationSet(str(root), f"benchmark (HR + LR_bicubic/X{scale})", scale)
             for lr_path, hr_path in find_pairs(root, scale)[:max_images]:
-                lr = read_rgb(lr_path)
-                hr = quantize(read_rgb(hr_path))[: lr.shape[0] * scale, : lr.shape[1] * scale]
+                lr, hr = read_pair(lr_path, hr_path, scale)
                 result.pairs.append(ValidationPair(hr_path.stem, lr, hr))
         else:
             result = _from_hr(list_images(root), scale, str(root),
