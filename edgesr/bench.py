@@ -280,7 +280,7 @@ def format_result(result: dict[str, Any]) -> list[str]:
         f"load        {result['load_s'] * 1e3:.1f} ms",
         "latency ms  " + "  ".join(f"{k} {latency[k]:.2f}" for k in ("min", "p50", "p90", "p99", "mean")),
         f"throughput  {result['throughput_mpx_s']:.3f} output MP/s",
-        f"peak RSS    " + (f"{result['peak_rss_mb']:.0f} MB ({result['peak_rss_scope']})"
+        "peak RSS    " + (f"{result['peak_rss_mb']:.0f} MB ({result['peak_rss_scope']})"
                            if result.get("peak_rss_mb") else "n/a on this OS"),
         "compute     " + (f"{result['gflops']:.2f} GFLOP/s at p50 ({result['macs'] / 1e9:.3f} GMACs, "
                           f"{result['macs_source']})" if result.get("gflops") else "n/a"),

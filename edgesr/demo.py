@@ -1,8 +1,8 @@
 """`make demo`: the main job end to end on the embedded default model.
 
 Load the bundled SRConvNet x4 (trained with `edgesr train`, see docs/training.md),
-upscale a generated test image, export it to ONNX with the parity check, and print
-a summary. Everything lands in ./demo-output.
+upscale a generated test image, export it to ONNX with the parity check, time the
+file in onnxruntime, and print a summary. Everything lands in ./demo-output.
 """
 from __future__ import annotations
 
@@ -23,22 +23,18 @@ def _log(message: str) -> None:
 
 def main() -> int:
     import edgesr
+    from edgesr.bench import bench
     from edgesr.export.parity import natural_image
     from edgesr.imageio import LoadedImage, write_image
-    from edgesr.models.bundled import bundled_weights
     from edgesr.models.inference import TorchUpscaler
     from edgesr.models.profile import trainable_parameters
     from edgesr.upscale import upscale_image
 
     OUT.mkdir(exist_ok=True)
-    if bundled_weights(DEFAULT_MODEL) is not None:
-        model = edgesr.load(DEFAULT_MODEL)
-    else:
-        _log(f"note: the bundled checkpoint {DEFAULT_MODEL} is missing; using random SRConvNet x4 weights")
-        model = edgesr.create("srconvnet", 4)
+    model = edgesr.load(DEFAULT_MODEL)
     info = edgesr.describe(model)
     _log(f"model     {info.arch} x{info.scale}, {trainable_parameters(model):,} parameters "
-         f"({info.source or 'random weights'})")
+         f"({info.source})")
 
     image = LoadedImage(natural_image(96, 128).transpose(1, 2, 0), None, False, 8)
     write_image(OUT / "input.png", image)
@@ -54,8 +50,13 @@ def main() -> int:
          f"max abs {worst['max_abs']:.2e}, PSNR {worst['psnr']:.1f} dB vs PyTorch "
          f"({worst['runtime']})")
     _log(f"rewrites  {', '.join(r['name'] for r in report.rewrites) or 'none'}")
+    timing = bench(report.artifact, "onnxruntime", warmup=3, iters=20)
+    latency = timing["latency_ms"]
+    _log(f"bench     onnxruntime {EXPORT_SIZE[0]}x{EXPORT_SIZE[1]}: p50 {latency['p50']:.1f} ms, "
+         f"p90 {latency['p90']:.1f} ms, {timing['throughput_mpx_s']:.2f} output Mpx/s, "
+         f"peak RSS {timing['peak_rss_mb']:.0f} MB")
     (OUT / "summary.json").write_text(json.dumps(
-        {"model": info.to_dict(), "export": report.to_dict()}, indent=2, default=str))
+        {"model": info.to_dict(), "export": report.to_dict(), "bench": timing}, indent=2, default=str))
     _log(f"summary   {OUT / 'summary.json'}")
     return 0
 

@@ -223,3 +223,12 @@ def test_cli_bad_input_is_one_line(tmp_path):
         assert result.exit_code == 2, (arguments, result.output)
         assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
         assert not out.exists()
+
+
+def test_dynamic_hitsr_refused_up_front(tmp_path):
+    from edgesr.models.loading import create
+
+    model = create("hit-srf", 2, embed_dim=16, depths=[1], num_heads=[2])
+    with pytest.raises(EdgeSRError, match="--dynamic is not available for hit-srf"):
+        export(model, "onnx", input_size=(16, 16), dynamic=True, out_dir=tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -1,7 +1,6 @@
 """HiT-SR rewrites (edgesr.rewrite.hit_windows / hit_bias): parity, purity, selection, ONNX."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

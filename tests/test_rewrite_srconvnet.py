@@ -1,7 +1,6 @@
 """SRConvNet rewrites: parity with the original maths, purity, selection, exported ops."""
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch

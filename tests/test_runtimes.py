@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path

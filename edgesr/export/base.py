@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgesr.errors import EdgeSRError, MissingDependencyError
+from edgesr.errors import MissingDependencyError
 
 # int8: weights and activations (calibrated); w8: int8 weights, float activations.
 PRECISIONS = ("fp32", "fp16", "int8", "w8")

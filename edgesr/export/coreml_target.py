@@ -78,7 +78,7 @@ class CoreMLTarget(Target):
 
     def convert(self, module: nn.Module, example: torch.Tensor, options: ExportOptions,
                 destination: Path) -> None:
-        ct = require("coremltools", "coremltools", "exporting to CoreML")
+        require("coremltools", "coremltools", "exporting to CoreML")
         sizes = _sizes(options)
         dynamic_shapes = None
         if len(sizes) > 1:

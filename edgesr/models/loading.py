@@ -255,7 +255,7 @@ def create(name: str, scale: int, **hparams: Any) -> nn.Module:
 def _build(spec: ArchSpec, scale: int, hparams: dict[str, Any]) -> nn.Module:
     try:
         return spec.build(scale=scale, **hparams)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise EdgeSRError(f"{spec.name}: {exc}") from None
 
 

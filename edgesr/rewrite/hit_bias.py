@@ -31,13 +31,14 @@ from edgesr.models.hit_common import WindowPositionBias
 
 def runtime_zero(x: torch.Tensor) -> torch.Tensor:
     """A ``(1, 1, 1)`` zero that depends on ``x``'s values, so that constant folders
-    leave the bias expansion in the graph: ``min(e*e, 0)`` of one element ``e``.
+    leave the bias expansion in the graph: ``clip(e*e, -1, 0)`` of one element ``e``.
 
     Zero for every non-NaN ``e`` (infinities included). ``e * 0`` or ``e - e`` would
     not do: the TFLite converter simplifies both to a constant zero (measured) and
-    then folds the expanded bias back in."""
+    then folds the expanded bias back in. Both bounds are given because ORT's mobile
+    checker counts a Clip with an empty bound as dynamic and splits the graph there."""
     element = x.reshape(-1)[:1].reshape(1, 1, 1)
-    return torch.clamp(element * element, max=0.0)
+    return torch.clamp(element * element, min=-1.0, max=0.0)
 
 
 def box_filtered_table(pos: WindowPositionBias) -> torch.Tensor:
