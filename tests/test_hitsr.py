@@ -33,7 +33,12 @@ SMALL = {
     "resi_connection": "3conv",
 }
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_autograd():
+    with torch.no_grad():
+        yield
 
 
 def _need(path: Path) -> Path:

@@ -254,3 +254,10 @@ def test_cli_reports_bad_input_in_one_line(tmp_path):
     assert result.exit_code == 2 and "no training state" in result.output
     result = runner.invoke(app, ["train", "--model", "nonet", "--scale", "2", "--data", str(tmp_path)])
     assert result.exit_code == 2 and "unknown architecture" in result.output
+
+
+def test_training_works_when_the_caller_disabled_autograd(data_dir, tmp_path):
+    """A library caller inside no_grad or inference mode still trains."""
+    with torch.inference_mode():
+        model = train(_config(data_dir, tmp_path / "run", iters=2))
+    assert any(p.requires_grad for p in model.parameters())

@@ -143,7 +143,9 @@ def _restore_config(config: TrainConfig, saved: dict[str, Any], arch: str) -> Tr
 def run(config: TrainConfig) -> nn.Module:
     ctx = ddp.setup(config.device)
     try:
-        return _run(config, ctx)
+        # Training needs autograd even when the caller runs under no_grad/inference mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            return _run(config, ctx)
     finally:
         ddp.teardown(ctx)
 
