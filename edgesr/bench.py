@@ -80,6 +80,9 @@ def bench_in_process(model: str, runtime: str | None = None, input_size: tuple[i
     started = time.perf_counter()
     runner = open_runner(model, runtime, **options)
     load_s = time.perf_counter() - started
+    if not runner.timing_meaningful:
+        raise EdgeSRError(f"{model}: here it runs only in {runner.options().get('engine')}, whose "
+                          f"timings say nothing about a device; bench CoreML files on macOS")
     height, width = bench_size(runner.info, input_size)
     latencies = time_runner(runner, height, width, warmup, iters)
     latency = percentile_summary(latencies)

@@ -152,8 +152,9 @@ def bench_matrix(model: str, scale: int | None = None, data: Path | None = None,
                 upscaler = OpenedUpscaler(runner, info.scale, info.arch,
                                           TiledUpscaler(runner, info.scale, (height, width), overlap, fixed=True))
                 row.psnr_y = _mean_psnr(upscaler, data, info.scale)
-                row.latency_p50_ms = percentile_summary(time_runner(runner, height, width, warmup, iters))["p50"]
-                row.speedup = reference_latency / row.latency_p50_ms
+                if runner.timing_meaningful:
+                    row.latency_p50_ms = percentile_summary(time_runner(runner, height, width, warmup, iters))["p50"]
+                    row.speedup = reference_latency / row.latency_p50_ms
             except EdgeSRError as exc:
                 row.status, row.note = SOFT_FAIL, f"exported; run failed: {_first_line(exc)}"
                 continue
@@ -165,6 +166,8 @@ def bench_matrix(model: str, scale: int | None = None, data: Path | None = None,
                 problems.append(f"PSNR-Y {reference_psnr - row.psnr_y:.2f} dB below PyTorch")
             row.status = SOFT_FAIL if problems else OK
             row.note = "; ".join(problems) or f"tiled {height}x{width}, overlap {overlap}"
+            if not runner.timing_meaningful:
+                row.note += f"; run by {runner.options().get('engine')}, latency not measured"
     table.files = {"json": str(out / "bench.json"), "csv": str(out / "bench.csv")}
     payload = table.to_dict()
     _atomic_write(out / "bench.json", json.dumps(payload, indent=2, default=str) + "\n")

@@ -217,15 +217,24 @@ def test_litert_gpu_delegate_is_clear_where_absent(artifacts):
         assert runner.options()["delegate"] == "gpu"
 
 
-def test_coreml_runner_off_macos(tmp_path):
+def test_coreml_runner_off_macos_uses_the_reference_evaluator(tmp_path, small_model):
+    """Off macOS an .mlpackage runs in edgesr's reference evaluator, and says so."""
+    from edgesr.export.pipeline import export
+    from edgesr.models.inference import TorchUpscaler
     from edgesr.runtimes import open_runner
 
-    package = tmp_path / "m.mlpackage"
-    (package / "Data" / "com.apple.CoreML").mkdir(parents=True)
     if platform.system() == "Darwin":
-        pytest.skip("on macOS the CoreML runner runs (covered by exports)")
-    with pytest.raises(EdgeSRError, match="run only on macOS"):
-        open_runner(package)
+        pytest.skip("on macOS the CoreML runner uses MLModel.predict (covered by exports)")
+    report = export(small_model, "coreml", input_size=(SIZE, SIZE), out_dir=tmp_path, check=False,
+                    stage=lambda text: None, delegate_ready=False)
+    runner = open_runner(report.artifact)
+    assert runner.options()["engine"] == "reference evaluation of the ML program (not Apple's runtime)"
+    image = np.random.default_rng(0).random((SIZE, SIZE, 3), dtype=np.float32)
+    assert np.abs(runner(image) - TorchUpscaler(small_model)(image)).max() <= 1e-4
+    empty = tmp_path / "empty.mlpackage"
+    empty.mkdir()
+    with pytest.raises(EdgeSRError, match="not an .mlpackage"):
+        open_runner(empty)
 
 
 def test_missing_runtime_is_a_clear_error(monkeypatch, artifacts):

@@ -194,6 +194,10 @@ class Runner(ABC):
         batch = np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1))[None]
         return self.run(batch)[0].transpose(1, 2, 0)
 
+    # False where the engine is not the one a device would use (a reference evaluator):
+    # its latency says nothing about the artifact's speed, so benchmarks do not report it.
+    timing_meaningful: bool = True
+
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "artifact": self.info.to_dict(), **self.options()}
 

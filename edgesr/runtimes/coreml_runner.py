@@ -1,7 +1,6 @@
-"""CoreML (.mlpackage): MLModel.predict, which exists on macOS only.
-
-On any other system opening a CoreML runner is a one-line error saying so; the
-metadata can still be read (coremltools' protobuf) for ``describe``.
+"""CoreML (.mlpackage): MLModel.predict on macOS; elsewhere edgesr's reference
+evaluation of the ML program (``edgesr.coreml_eval``), which checks the numerics of
+the converted program but is not Apple's runtime (its speed says nothing of a phone's).
 """
 from __future__ import annotations
 
@@ -52,10 +51,6 @@ class CoreMLRunner(Runner):
     def __init__(self, path: str | Path, compute_units: str | None = None, **unused: Any):
         reject_options(unused, "coreml")
         path = Path(path)
-        if platform.system() != "Darwin":
-            raise EdgeSRError(f"{path.name}: CoreML models run only on macOS/iOS (MLModel.predict); "
-                              f"this is {platform.system()}. Bench the .onnx or .tflite export here")
-        ct = require("coremltools", "coremltools", "running a CoreML file")
         units = (compute_units or "all").lower()
         if units not in COMPUTE_UNITS:
             raise EdgeSRError(f"--compute-units {compute_units!r}: choose {', '.join(COMPUTE_UNITS)}")
@@ -66,10 +61,19 @@ class CoreMLRunner(Runner):
         if "image in and out" in info.value_range:
             raise EdgeSRError(f"{path.name}: exported with --image-io (8-bit image I/O); the runner "
                               f"takes float tensors: export without --image-io to bench or evaluate it")
-        try:
-            self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units.upper()))
-        except Exception as exc:
-            raise EdgeSRError(f"{path}: CoreML cannot load this file ({first_line(exc)})") from None
+        if platform.system() == "Darwin":
+            ct = require("coremltools", "coremltools", "running a CoreML file")
+            self.engine = f"MLModel.predict (compute units {units})"
+            try:
+                self.model = ct.models.MLModel(str(path), compute_units=getattr(ct.ComputeUnit, units.upper()))
+            except Exception as exc:
+                raise EdgeSRError(f"{path}: CoreML cannot load this file ({first_line(exc)})") from None
+        else:
+            from edgesr.coreml_eval import REFERENCE_RUNTIME, load
+
+            self.engine = REFERENCE_RUNTIME
+            self.timing_meaningful = False
+            self.model = load(path)
         super().__init__(path, info)
 
     def run_native(self, batch: np.ndarray) -> np.ndarray:
@@ -83,4 +87,4 @@ class CoreMLRunner(Runner):
         return np.stack(outputs)
 
     def options(self) -> dict[str, Any]:
-        return {"compute_units": self.compute_units}
+        return {"compute_units": self.compute_units, "engine": self.engine}
