@@ -9,6 +9,8 @@ parity check. Everything that is the same for all targets lives here or in
 from __future__ import annotations
 
 import contextlib
+import logging
+import warnings
 import importlib.util
 import os
 import sys
@@ -190,6 +192,28 @@ def require(module: str, package: str, purpose: str) -> Any:
     return importlib.import_module(module)
 
 
+# Messages of the converters that say nothing about the user's export: torch.onnx
+# notes that torchvision (which no SR model uses) is absent, and deprecations inside
+# torch/coremltools/litert-torch.
+_MUTED_LOGGERS = ("torch.onnx._internal.exporter._registration",)
+
+
+@contextlib.contextmanager
+def _converter_warnings_muted() -> Iterator[None]:
+    loggers = [logging.getLogger(name) for name in _MUTED_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
 @contextlib.contextmanager
 def stdout_to_stderr() -> Iterator[None]:
     """Send converters' chatter (Python prints and C++ writes to fd 1) to stderr.
@@ -204,7 +228,7 @@ def stdout_to_stderr() -> Iterator[None]:
     except (OSError, ValueError, AttributeError):
         saved = None
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), _converter_warnings_muted():
             yield
     finally:
         if saved is not None:
