@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgesr.rewrite import plan as _plan
-from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite
+from edgesr.rewrite.plan import ExportContext, Rewrite, keep_descriptor, register_rewrite, replace_modules
 
 # These rewrites act on what the architecture rewrites produce, so they must be
 # registered after them even when this module is imported first (e.g. by a test):
@@ -327,29 +327,12 @@ def bias_gathers_as_slices(model: nn.Module) -> nn.Module:
         module.row_starts = _contiguous_runs(module.rows, module.window_size[0])
         module.col_starts = _contiguous_runs(module.cols, module.window_size[1])
         module.__class__ = _sliced_class(type(module))
-    return _keep_info(model, new)
+    return keep_descriptor(model, new)
 
 
 # --------------------------------------------------------------------------------------
 # Module replacement helpers and registration
 # --------------------------------------------------------------------------------------
-
-
-def _keep_info(old: nn.Module, new: nn.Module) -> nn.Module:
-    for attr in ("edgesr_info", "edgesr_rewrites"):
-        if hasattr(old, attr):
-            object.__setattr__(new, attr, getattr(old, attr))
-    return new.train(old.training)
-
-
-def _replace(model: nn.Module, match, make) -> nn.Module:
-    new = copy.deepcopy(model)
-    targets = [(name, m) for name, m in new.named_modules() if name and match(m)]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = new.get_submodule(parent_name) if parent_name else new
-        setattr(parent, child, make(module))
-    return _keep_info(model, new)
 
 
 def _is_exact_gelu(module: nn.Module) -> bool:
@@ -361,17 +344,17 @@ def _is_last_axis_layernorm(module: nn.Module) -> bool:
 
 
 def gelu_as_elementary(model: nn.Module) -> nn.Module:
-    return _replace(model, _is_exact_gelu, lambda m: ErfFreeGELU())
+    return replace_modules(model, _is_exact_gelu, lambda m: ErfFreeGELU())
 
 
 def layernorm_as_elementary(model: nn.Module) -> nn.Module:
-    return _replace(model, _is_last_axis_layernorm, ElementaryLayerNorm)
+    return replace_modules(model, _is_last_axis_layernorm, ElementaryLayerNorm)
 
 
 def reflect_pads_sliced(model: nn.Module, upsampling: bool = False) -> nn.Module:
     """The model wrapped so that its reflect pads trace as slices (fixed sizes only) and,
     with ``upsampling``, its integer-factor interpolations as convs."""
-    return _keep_info(model, ReflectPadAsSlices(copy.deepcopy(model), pads=True, upsampling=upsampling))
+    return keep_descriptor(model, ReflectPadAsSlices(copy.deepcopy(model), pads=True, upsampling=upsampling))
 
 
 def _has(model: nn.Module, match) -> bool:

@@ -50,14 +50,13 @@ LiteRT (CPU interpreter) and CoreML conversion were checked with this form.
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from edgesr.models.srconvnet import DynamicDepthwiseConv2d
-from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite
+from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite, replace_modules
 
 FORMS = ("bank_conv", "bank_conv_mulsum", "shifted_sum", "row_shifted_sum")
 
@@ -161,16 +160,8 @@ def dynamic_conv_static(model: nn.Module, form: str = "bank_conv") -> nn.Module:
     """A copy of ``model`` with every ``DynamicDepthwiseConv2d`` in a constant-weight ``form``."""
     if form not in FORMS:
         raise ValueError(f"unknown dynamic-conv form {form!r}; choose one of {', '.join(FORMS)}")
-    new = copy.deepcopy(model)
-    targets = [(n, m) for n, m in new.named_modules() if isinstance(m, DynamicDepthwiseConv2d)]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = new.get_submodule(parent_name) if parent_name else new
-        setattr(parent, child, _make(module, form))
-    for attr in ("edgesr_info", "edgesr_rewrites"):
-        if hasattr(model, attr):
-            object.__setattr__(new, attr, getattr(model, attr))
-    return new
+    return replace_modules(model, lambda m: isinstance(m, DynamicDepthwiseConv2d),
+                           lambda conv: _make(conv, form))
 
 
 def has_dynamic_convs(model: nn.Module) -> bool:

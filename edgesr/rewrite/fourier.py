@@ -38,14 +38,13 @@ Two forms:
 """
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import nn
 
 from edgesr.models.srconvnet import FourierUnit
-from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite
+from edgesr.rewrite.plan import ExportContext, Rewrite, by_input_size, register_rewrite, replace_modules
 
 
 def _angles(rows: int, cols: int, period: int) -> torch.Tensor:
@@ -184,19 +183,6 @@ class AnySizeFourierUnit(nn.Module):
         return _spectral_mix(self, x, bases)
 
 
-def _replace(model: nn.Module, make) -> nn.Module:
-    new = copy.deepcopy(model)
-    targets = [(name, module) for name, module in new.named_modules() if isinstance(module, FourierUnit)]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = new.get_submodule(parent_name) if parent_name else new
-        setattr(parent, child, make(module))
-    for attr in ("edgesr_info", "edgesr_rewrites"):
-        if hasattr(model, attr):
-            object.__setattr__(new, attr, getattr(model, attr))
-    return new
-
-
 def fourier_as_dft(model: nn.Module, input_size: tuple[int, int]) -> nn.Module:
     """A copy of ``model`` with every ``FourierUnit`` as DFT matmuls for ``input_size`` maps.
 
@@ -204,22 +190,20 @@ def fourier_as_dft(model: nn.Module, input_size: tuple[int, int]) -> nn.Module:
     that is the LR input size.
     """
     size = (int(input_size[0]), int(input_size[1]))
-    return _replace(model, lambda unit: DFTFourierUnit(unit, size))
+    return replace_modules(model, _is_fourier_unit, lambda unit: DFTFourierUnit(unit, size))
 
 
 def fourier_any_size(model: nn.Module) -> nn.Module:
     """A copy of ``model`` with every ``FourierUnit`` as DFT matmuls built at run time."""
-    return _replace(model, AnySizeFourierUnit)
+    return replace_modules(model, _is_fourier_unit, AnySizeFourierUnit)
+
+
+def _is_fourier_unit(module: nn.Module) -> bool:
+    return isinstance(module, FourierUnit)
 
 
 def has_fourier_units(model: nn.Module) -> bool:
-    return any(isinstance(module, FourierUnit) for module in model.modules())
-
-
-def _apply(model: nn.Module, context: ExportContext) -> nn.Module:
-    if context.input_size is None:
-        return fourier_any_size(model)
-    return fourier_as_dft(model, context.input_size)
+    return any(map(_is_fourier_unit, model.modules()))
 
 
 def _explain(model: nn.Module, context: ExportContext) -> str:
@@ -237,7 +221,7 @@ FOURIER_AS_MATMUL = register_rewrite(
         description="SRConvNet Fourier unit: rfft2/irfft2 as real DFT matmuls",
         # Every target needs it: no mobile backend (nor ORT mobile EPs) runs FFT ops.
         applies=lambda model, context: has_fourier_units(model),
-        apply=_apply,
+        apply=by_input_size(fourier_as_dft, fourier_any_size),
         explain=_explain,
     )
 )

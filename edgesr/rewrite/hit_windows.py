@@ -43,7 +43,6 @@ and window counts in the graph for dynamic-shape ONNX.
 """
 from __future__ import annotations
 
-import copy
 from typing import Sequence
 
 import torch
@@ -57,7 +56,7 @@ from edgesr.models.hit_common import (
     padding_to_multiple,
 )
 from edgesr.rewrite.hit_bias import FoldedWindowBias, runtime_zero
-from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite
+from edgesr.rewrite.plan import ExportContext, Rewrite, by_input_size, register_rewrite, replace_modules
 
 # --------------------------------------------------------------------------------------
 # Shapes
@@ -275,39 +274,24 @@ class AnySizeBlock(_FoldedBlock):
 # --------------------------------------------------------------------------------------
 
 
-def _replace_blocks(model: nn.Module, make) -> nn.Module:
-    new = copy.deepcopy(model)
-    targets = [(name, m) for name, m in new.named_modules() if isinstance(m, HierarchicalTransformerBlock)]
-    for name, module in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = new.get_submodule(parent_name) if parent_name else new
-        setattr(parent, child, make(module))
-    for attr in ("edgesr_info", "edgesr_rewrites"):
-        if hasattr(model, attr):
-            object.__setattr__(new, attr, getattr(model, attr))
-    return new.train(model.training)
-
-
 def fold_hit_windows(model: nn.Module, input_size: tuple[int, int]) -> nn.Module:
     """A copy of a HiT-SR ``model`` with every block folded for ``input_size`` (the LR
     H, W: HiT-SR's blocks all run at the input resolution)."""
     size = (int(input_size[0]), int(input_size[1]))
-    return _replace_blocks(model, lambda block: FixedSizeBlock(block, size))
+    return replace_modules(model, _is_hit_block, lambda block: FixedSizeBlock(block, size))
 
 
 def hit_windows_any_size(model: nn.Module) -> nn.Module:
     """A copy of a HiT-SR ``model`` whose blocks pad and partition for any input size."""
-    return _replace_blocks(model, AnySizeBlock)
+    return replace_modules(model, _is_hit_block, AnySizeBlock)
+
+
+def _is_hit_block(module: nn.Module) -> bool:
+    return isinstance(module, HierarchicalTransformerBlock)
 
 
 def has_hit_blocks(model: nn.Module) -> bool:
-    return any(isinstance(m, HierarchicalTransformerBlock) for m in model.modules())
-
-
-def _apply(model: nn.Module, context: ExportContext) -> nn.Module:
-    if context.input_size is None:
-        return hit_windows_any_size(model)
-    return fold_hit_windows(model, context.input_size)
+    return any(map(_is_hit_block, model.modules()))
 
 
 def _explain(model: nn.Module, context: ExportContext) -> str:
@@ -326,7 +310,7 @@ HIT_WINDOWS = register_rewrite(
         description="HiT-SR: padding/windows resolved, rank<=5 tensors, position bias folded",
         # Every target: CoreML needs rank <= 5, and every file wants the folded bias.
         applies=lambda model, context: has_hit_blocks(model),
-        apply=_apply,
+        apply=by_input_size(fold_hit_windows, hit_windows_any_size),
         explain=_explain,
     )
 )

@@ -36,6 +36,41 @@ class Rewrite:
 
 
 _REWRITES: list[Rewrite] = []
+_DESCRIPTOR_ATTRS = ("edgesr_info", "edgesr_rewrites")
+
+
+def keep_descriptor(old: nn.Module, new: nn.Module) -> nn.Module:
+    """``new`` with ``old``'s edgesr descriptor and train/eval mode: rewrites return
+    copies, and the copy must still describe the same model."""
+    for attr in _DESCRIPTOR_ATTRS:
+        if hasattr(old, attr):
+            object.__setattr__(new, attr, getattr(old, attr))
+    return new.train(old.training)
+
+
+def replace_modules(model: nn.Module, match: Callable[[nn.Module], bool],
+                    make: Callable[[nn.Module], nn.Module]) -> nn.Module:
+    """A deep copy of ``model`` in which every submodule that ``match``es is ``make(it)``;
+    the input is left untouched (rewrites are pure)."""
+    new = copy.deepcopy(model)
+    targets = [(name, module) for name, module in new.named_modules() if name and match(module)]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = new.get_submodule(parent_name) if parent_name else new
+        setattr(parent, child, make(module))
+    return keep_descriptor(model, new)
+
+
+def by_input_size(fixed: Callable[[nn.Module, tuple[int, int]], nn.Module],
+                  any_size: Callable[[nn.Module], nn.Module]) -> Callable[[nn.Module, ExportContext], nn.Module]:
+    """An ``apply`` for rewrites with a fixed-size form and an any-size (``--dynamic``) form."""
+
+    def apply(model: nn.Module, context: ExportContext) -> nn.Module:
+        if context.input_size is None:
+            return any_size(model)
+        return fixed(model, context.input_size)
+
+    return apply
 
 
 def register_rewrite(rewrite: Rewrite) -> Rewrite:
