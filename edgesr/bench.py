@@ -37,7 +37,18 @@ def percentile_summary(latencies_s: Sequence[float]) -> dict[str, float]:
 
 
 def peak_rss_mb() -> float | None:
-    """Peak resident set size of this process so far (MB), where the OS tells it."""
+    """Peak resident set size of this process so far (MB), where the OS tells it.
+
+    Linux's VmHWM first: getrusage's maxrss survives fork+exec, so a benchmark child
+    started from a big parent (one that imported torch) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / 1e6
+    except OSError:
+        pass
     try:
         import resource
     except ImportError:  # Windows
