@@ -16,6 +16,22 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def make_every_branch_count(model, seed: int = 0):
+    """Perturb a freshly built model like the golden weights: fresh models have
+    layer_scale = 1e-6 and zero biases, which makes SRConvNet's attention softmax
+    nearly uniform and hides whole branches from a parity test."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("layer_scale"):
+                param.fill_(0.5)
+            else:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return model.eval()
+
+
 @pytest.fixture
 def small_srconvnet():
     from edgesr.models.loading import create

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-import edgesr.models  # noqa: F401  (registers the architectures)
 from edgesr.models.registry import get_arch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

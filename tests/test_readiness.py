@@ -24,21 +24,11 @@ from edgesr.export.readiness import (
 from edgesr.models.loading import create
 from edgesr.rewrite import delegate_ops
 from edgesr.rewrite.plan import REWRITE_MODULES
+from tests.conftest import make_every_branch_count
 
 SRCONVNET_SMALL = dict(dim=16, num_blocks=1, num_heads=2, num_kernels=4)
 HIT_SMALL = dict(embed_dim=16, depths=[2], num_heads=[1])
 SIZE = (32, 32)
-
-
-def _perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("layer_scale"):
-                param.fill_(0.5)
-            else:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return model.eval()
 
 
 # --------------------------------------------------------------------------------------
@@ -95,7 +85,7 @@ def test_reflect_pad_context_restores_f_pad():
 def test_delegate_rewrites_keep_parity(arch):
     from edgesr.rewrite.plan import ExportContext
 
-    model = _perturbed(create(arch, 2, **(SRCONVNET_SMALL if arch == "srconvnet" else HIT_SMALL)))
+    model = make_every_branch_count(create(arch, 2, **(SRCONVNET_SMALL if arch == "srconvnet" else HIT_SMALL)))
     context = ExportContext("onnx", SIZE)
     prepared = model
     if arch != "srconvnet" and importlib.util.find_spec("edgesr.rewrite.hit_windows"):
@@ -186,7 +176,7 @@ def test_readiness_split_and_dict():
 def exports(tmp_path_factory):
     """One small export per target (the analyzers' inputs), made once."""
     out = tmp_path_factory.mktemp("readiness")
-    model = _perturbed(create("srconvnet", 2, **SRCONVNET_SMALL))
+    model = make_every_branch_count(create("srconvnet", 2, **SRCONVNET_SMALL))
     return {target: export(model, target, input_size=SIZE, out_dir=out, check=(target == "onnx"),
                            delegate_ready=False)
             for target in ("onnx", "tflite", "coreml")}
@@ -224,7 +214,7 @@ def test_coreml_ane_scan_srconvnet(exports):
 @pytest.mark.skipif("hit_windows" not in REWRITE_MODULES,
                     reason="HiT-SR's window rewrite (edgesr.rewrite.hit_windows) is not registered yet")
 def test_onnx_verdicts_hit_sir(tmp_path):
-    model = _perturbed(create("hit-sir", 2, **HIT_SMALL))
+    model = make_every_branch_count(create("hit-sir", 2, **HIT_SMALL))
     report = export(model, "onnx", input_size=SIZE, out_dir=tmp_path, delegate_ready=True)
     by_name = {d["name"]: d for d in report.readiness["delegates"]}
     for name in ("NNAPI", "CoreML MLProgram"):

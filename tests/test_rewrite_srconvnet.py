@@ -1,7 +1,6 @@
 """SRConvNet rewrites: parity with the original maths, purity, selection, exported ops."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch import nn
@@ -16,6 +15,7 @@ from edgesr.rewrite.fourier import (
     fourier_any_size,
     fourier_as_dft,
 )
+from tests.conftest import make_every_branch_count
 
 # The network works on [0, 255]: the issue's bound is 1e-5 x output range.
 TOLERANCE = 1e-5 * 255
@@ -24,22 +24,9 @@ SMALL = {"dim": 16, "num_blocks": 2, "num_heads": 2, "num_kernels": 4}
 SIZES = [(1, 16, 16), (2, 12, 17), (1, 9, 20), (2, 15, 7)]
 
 
-def _make_every_branch_count(model: nn.Module, seed: int = 0) -> nn.Module:
-    # Freshly built models have layer_scale = 1e-6 and zero biases; perturb like
-    # the golden weights so the attention softmax and every bias matter.
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("layer_scale"):
-                param.fill_(0.5)
-            else:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return model.eval()
-
-
 def _small_model(scale: int = 2, **overrides) -> nn.Module:
     hparams = {**SMALL, **overrides}
-    model = _make_every_branch_count(build(scale, **hparams))
+    model = make_every_branch_count(build(scale, **hparams))
     return attach(model, ModelInfo("srconvnet", scale, hparams, 255.0))
 
 

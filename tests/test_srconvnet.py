@@ -11,6 +11,7 @@ from torch import nn
 
 from edgesr.models.registry import get_arch
 from edgesr.models.srconvnet import SPEC, build, detect
+from tests.conftest import make_every_branch_count
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
 TOLERANCE = 1e-4 * 255  # the network works on [0, 255]
@@ -24,19 +25,6 @@ SMALL_CONFIG = {"dim": 32, "num_blocks": 2, "num_heads": 4, "num_kernels": 8, "c
 
 def _strip_module_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key.removeprefix("module."): value for key, value in state_dict.items()}
-
-
-def _make_every_branch_count(model: nn.Module, seed: int = 0) -> nn.Module:
-    # Freshly built models have layer_scale = 1e-6 and zero biases, which makes
-    # the attention softmax nearly uniform; perturb like the golden weights.
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("layer_scale"):
-                param.fill_(0.5)
-            else:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return model.eval()
 
 
 def _golden(scale: int):
@@ -80,7 +68,7 @@ def test_trainable_parameter_count_matches_official(scale: int) -> None:
 
 
 def test_batch_equals_samples_alone() -> None:
-    model = _make_every_branch_count(build(2, **SMALL_CONFIG))
+    model = make_every_branch_count(build(2, **SMALL_CONFIG))
     images = 255 * torch.rand(3, 3, 17, 23, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         batched = model(images)
@@ -91,7 +79,7 @@ def test_batch_equals_samples_alone() -> None:
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("size", [(17, 23), (33, 31), (8, 8), (1, 1)])
 def test_output_size_and_finite(scale: int, size: tuple[int, int]) -> None:
-    model = _make_every_branch_count(build(scale, **SMALL_CONFIG))
+    model = make_every_branch_count(build(scale, **SMALL_CONFIG))
     height, width = size
     with torch.no_grad():
         out = model(255 * torch.rand(1, 3, height, width))
