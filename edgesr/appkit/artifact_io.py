@@ -20,7 +20,6 @@ from typing import Any
 
 from edgesr.errors import EdgeSRError
 
-_COREML_SPEC = Path("Data/com.apple.CoreML/model.mlmodel")
 
 
 @dataclass(frozen=True)
@@ -225,17 +224,9 @@ _COREML_COLORS = {10: "GRAYSCALE", 20: "RGB", 30: "BGR", 40: "GRAYSCALE_FLOAT16"
 
 
 def _coreml_io(path: Path, value_range: str):
-    from edgesr.runtimes.base import first_line, require
+    from edgesr.runtimes.coreml_runner import read_spec
 
-    spec_file = path / _COREML_SPEC
-    if not spec_file.is_file():
-        raise EdgeSRError(f"{path}: not an .mlpackage (no {_COREML_SPEC} inside)")
-    proto = require("coremltools.proto.Model_pb2", "coremltools", "reading a CoreML file")
-    spec = proto.Model()
-    try:
-        spec.ParseFromString(spec_file.read_bytes())
-    except Exception as exc:
-        raise EdgeSRError(f"{path}: corrupt CoreML spec ({first_line(exc)})") from None
+    spec = read_spec(path)
 
     def facts(feature, role):
         kind = feature.type.WhichOneof("Type")

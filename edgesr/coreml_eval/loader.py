@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from edgesr.errors import EdgeSRError
+from edgesr.runtimes.coreml_runner import read_spec
 
-SPEC_PATH = Path("Data/com.apple.CoreML/model.mlmodel")
 WEIGHTS_DIR = Path("Data/com.apple.CoreML/weights")
 
 
@@ -36,21 +36,6 @@ class LoadedModel:
     outputs: list[Feature] = field(default_factory=list)
     specification_version: int = 0
     path: Path | None = None
-
-
-def read_spec(path: str | Path):
-    from coremltools.proto import Model_pb2
-
-    path = Path(path)
-    spec_file = path / SPEC_PATH
-    if not spec_file.is_file():
-        raise EdgeSRError(f"{path}: not an .mlpackage (no {SPEC_PATH} inside)")
-    spec = Model_pb2.Model()
-    try:
-        spec.ParseFromString(spec_file.read_bytes())
-    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-        raise EdgeSRError(f"{path}: corrupt CoreML spec ({type(exc).__name__}: {exc})") from None
-    return spec
 
 
 def _features(descriptions) -> list[Feature]:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from edgesr.errors import EdgeSRError
+from edgesr.runtimes.coreml_runner import SPEC_PATH, read_metadata, read_spec
 from edgesr.export.base import (
     QUANT_OPTIONS,
     ExportOptions,
@@ -37,7 +38,6 @@ DEFAULT_MIN_IOS = 16
 MIN_IOS_CHOICES = (15, 16, 17, 18, 26)
 # The keys coremltools adds on its own; the date one makes two exports differ.
 _NONDETERMINISTIC_KEYS = ("com.github.apple.coremltools.conversion_date",)
-_SPEC_PATH = Path("Data/com.apple.CoreML/model.mlmodel")
 
 # (path, NCHW float32 [0,1], options) -> NCHW float32; raise ParityUnavailable to pass.
 ReferenceEvaluator = Callable[[Path, np.ndarray, ExportOptions], np.ndarray]
@@ -119,7 +119,7 @@ class CoreMLTarget(Target):
         _make_deterministic(destination)
 
     def write_metadata(self, path: Path, metadata: Mapping[str, str]) -> None:
-        spec = _read_spec(path)
+        spec = read_spec(path)
         described = spec.description.metadata
         for key in sorted(metadata):
             described.userDefined[key] = str(metadata[key])
@@ -130,7 +130,7 @@ class CoreMLTarget(Target):
         _write_spec(path, spec)
 
     def read_metadata(self, path: Path) -> dict[str, str]:
-        return dict(_read_spec(path).description.metadata.userDefined)
+        return read_metadata(path)
 
     def runtime_for(self, device: str) -> str:
         if platform.system() == "Darwin":
@@ -228,17 +228,9 @@ def _predict_macos(path: Path, image_nchw: np.ndarray, options: ExportOptions) -
     return np.stack(outputs)
 
 
-def _read_spec(path: Path):
-    from coremltools.proto import Model_pb2
-
-    spec = Model_pb2.Model()
-    spec.ParseFromString((path / _SPEC_PATH).read_bytes())
-    return spec
-
-
 def _write_spec(path: Path, spec) -> None:
     # deterministic=True: protobuf map fields (userDefined) otherwise serialise in any order.
-    (path / _SPEC_PATH).write_bytes(spec.SerializeToString(deterministic=True))
+    (path / SPEC_PATH).write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def _make_deterministic(path: Path) -> None:
@@ -247,7 +239,7 @@ def _make_deterministic(path: Path) -> None:
     coremltools writes a random UUID per package item and today's date into the spec;
     both would make two identical exports differ.
     """
-    spec = _read_spec(path)
+    spec = read_spec(path)
     for key in _NONDETERMINISTIC_KEYS:
         if key in spec.description.metadata.userDefined:
             del spec.description.metadata.userDefined[key]

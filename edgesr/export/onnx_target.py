@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from edgesr.errors import EdgeSRError
+from edgesr.runtimes.onnxruntime_runner import read_metadata
 from edgesr.export.base import (
     QUANT_OPTIONS,
     ExportOptions,
@@ -79,10 +80,7 @@ class OnnxTarget(Target):
         onnx.save_model(model, str(path))
 
     def read_metadata(self, path: Path) -> dict[str, str]:
-        import onnx
-
-        model = onnx.load_model(str(path), load_external_data=False)
-        return {p.key: p.value for p in model.metadata_props}
+        return read_metadata(path)
 
     def runtime_for(self, device: str) -> str:
         return f"onnxruntime {_providers(device)[0]}"

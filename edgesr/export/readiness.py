@@ -314,10 +314,9 @@ def _rank(value_type) -> int | None:
 
 
 def analyze_coreml(path: Path, precision: str = "fp32") -> Readiness:
-    from coremltools.proto import Model_pb2
+    from edgesr.runtimes.coreml_runner import read_spec
 
-    spec = Model_pb2.Model()
-    spec.ParseFromString((Path(path) / "Data/com.apple.CoreML/model.mlmodel").read_bytes())
+    spec = read_spec(path)
     if not spec.HasField("mlProgram"):
         return Readiness("coreml", "ML program op scan", error="not an ML program")
     operations: list = []

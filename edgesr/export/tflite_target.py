@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from edgesr.errors import EdgeSRError
+from edgesr.runtimes.litert_runner import METADATA_NAME, read_metadata
 from edgesr.export.base import (
     QUANT_OPTIONS,
     ChannelsLast,
@@ -21,7 +22,6 @@ from edgesr.export.base import (
 )
 
 # Name of the flatbuffer Metadata entry that holds edgesr's JSON.
-METADATA_NAME = "edgesr"
 
 
 class TFLiteTarget(Target):
@@ -78,14 +78,7 @@ class TFLiteTarget(Target):
         path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
 
     def read_metadata(self, path: Path) -> dict[str, str]:
-        from ai_edge_litert.tools import flatbuffer_utils
-
-        model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
-        for entry in model.metadata or []:
-            if _name(entry) == METADATA_NAME:
-                data = model.buffers[entry.buffer].data
-                return json.loads(bytes(np.asarray(data, dtype=np.uint8)).decode())
-        return {}
+        return read_metadata(path)
 
     def run(self, path: Path, image_nchw: np.ndarray, options: ExportOptions,
             device: str = "cpu") -> np.ndarray:

@@ -16,27 +16,29 @@ from edgesr.runtimes.base import Runner, first_line, info_from_metadata, reject_
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
 COMPUTE_UNITS = ("all", "cpu_only", "cpu_and_gpu", "cpu_and_ne")
-_SPEC_PATH = Path("Data/com.apple.CoreML/model.mlmodel")
+SPEC_PATH = Path("Data/com.apple.CoreML/model.mlmodel")
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def read_spec(path: str | Path):
+    """The protobuf ``Model`` spec inside an .mlpackage; the one reader every stage uses."""
     path = Path(path)
-    spec_file = path / _SPEC_PATH
+    spec_file = path / SPEC_PATH
     if not spec_file.is_file():
-        raise EdgeSRError(f"{path}: not an .mlpackage (no {_SPEC_PATH} inside)")
+        raise EdgeSRError(f"{path}: not an .mlpackage (no {SPEC_PATH} inside)")
     proto = require("coremltools.proto.Model_pb2", "coremltools", "reading a CoreML file")
     spec = proto.Model()
     try:
         spec.ParseFromString(spec_file.read_bytes())
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
         raise EdgeSRError(f"{path}: corrupt CoreML spec ({first_line(exc)})") from None
-    return dict(spec.description.metadata.userDefined)
+    return spec
 
 
-def _shapes(path: Path) -> tuple[list | None, list | None]:
-    proto = require("coremltools.proto.Model_pb2", "coremltools", "reading a CoreML file")
-    spec = proto.Model()
-    spec.ParseFromString((path / _SPEC_PATH).read_bytes())
+def read_metadata(path: str | Path) -> dict[str, str]:
+    return dict(read_spec(path).description.metadata.userDefined)
+
+
+def _shapes(spec) -> tuple[list | None, list | None]:
     shapes = []
     for feature in (spec.description.input[0], spec.description.output[0]):
         array = feature.type.multiArrayType
@@ -55,9 +57,10 @@ class CoreMLRunner(Runner):
         if units not in COMPUTE_UNITS:
             raise EdgeSRError(f"--compute-units {compute_units!r}: choose {', '.join(COMPUTE_UNITS)}")
         self.compute_units = units
-        metadata = read_metadata(path)
-        in_shape, out_shape = _shapes(path)
-        info = info_from_metadata(path, "coreml", metadata, in_shape, out_shape)
+        spec = read_spec(path)
+        in_shape, out_shape = _shapes(spec)
+        info = info_from_metadata(path, "coreml", dict(spec.description.metadata.userDefined),
+                                  in_shape, out_shape)
         if "image in and out" in info.value_range:
             raise EdgeSRError(f"{path.name}: exported with --image-io (8-bit image I/O); the runner "
                               f"takes float tensors: export without --image-io to bench or evaluate it")
