@@ -31,10 +31,12 @@ class LoadedImage:
 def read_image(path: str | Path) -> LoadedImage:
     path = Path(path)
     try:
-        if path.suffix.lower() == ".png" and png16.header(path) in ((16, 2), (16, 6)):
+        if path.suffix.lower() == ".png" and (png16.header(path) or (0,))[0] == 16:
             pixels = png16.read_png16(path).astype(np.float32) / 65535.0
-            alpha = pixels[..., 3] if pixels.shape[2] == 4 else None
-            return LoadedImage(np.ascontiguousarray(pixels[..., :3]), alpha, False, 16)
+            grayscale = pixels.shape[2] <= 2
+            alpha = pixels[..., -1] if pixels.shape[2] in (2, 4) else None
+            colour = np.repeat(pixels[..., :1], 3, axis=2) if grayscale else pixels[..., :3]
+            return LoadedImage(np.ascontiguousarray(colour), alpha, grayscale, 16)
         with Image.open(path) as image:
             image.load()
             return _from_pil(image)
@@ -65,27 +67,75 @@ def _channels(image: LoadedImage) -> np.ndarray:
     return np.clip(np.concatenate(parts, axis=2), 0.0, 1.0)
 
 
-def write_image(path: str | Path, image: LoadedImage) -> None:
-    """Write in the input's own kind (grey/RGB, alpha, 8/16-bit), atomically: temp file, then rename."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in _PIL_FORMATS:
-        raise EdgeSRError(f"{path}: unknown output image type {suffix!r}; use one of {', '.join(_PIL_FORMATS)}")
-    data = _channels(image)
-    tmp = path.with_name(f".{path.name}.part")
-    try:
-        if image.bit_depth == 16 and suffix == ".png" and not image.grayscale:
-            png16.write_png16(tmp, np.round(data * 65535).astype(np.uint16))
-        elif image.bit_depth == 16 and suffix == ".png" and image.alpha is None:
-            Image.fromarray(np.round(data[..., 0] * 65535).astype(np.uint16)).save(tmp, format="PNG")
+class ImageWriter:
+    """Writes an image of a known size band by band, in the kind of the input (grey/RGB,
+    alpha, 8/16-bit), atomically: a temporary name, renamed on ``close``; ``abort`` (or an
+    exception inside ``with``) removes it.
+
+    PNG is streamed, so only one band is in memory; other formats keep the 8-bit image
+    (a quarter of its float size) until ``close``, because Pillow writes them whole.
+    """
+
+    def __init__(self, path: str | Path, height: int, width: int, grayscale: bool, alpha: bool, bit_depth: int):
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in _PIL_FORMATS:
+            raise EdgeSRError(f"{self.path}: unknown output image type {suffix!r}; "
+                              f"use one of {', '.join(_PIL_FORMATS)}")
+        self.channels = (1 if grayscale else 3) + (1 if alpha else 0)
+        self.depth = 16 if bit_depth == 16 and suffix == ".png" else 8
+        self.tmp = self.path.with_name(f".{self.path.name}.part")
+        self._handle = open(self.tmp, "wb")
+        if suffix == ".png":
+            self._png = png16.PngWriter(self._handle, height, width, self.channels, self.depth)
+            self._pixels = None
         else:
-            # 16-bit grey+alpha has no PIL mode; it and non-PNG outputs are written as 8-bit.
-            pixels = np.round(data * 255).astype(np.uint8)
-            Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels).save(
-                tmp, format=_PIL_FORMATS[suffix])
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            self._png, self._row = None, 0
+            self._pixels = np.empty((height, width, self.channels), np.uint8)
+
+    def write(self, band: LoadedImage) -> None:
+        data = _channels(band)
+        if data.shape[2] != self.channels:
+            raise ValueError(f"band has {data.shape[2]} channels, the image {self.channels}")
+        peak = 65535 if self.depth == 16 else 255
+        pixels = np.round(data * peak).astype(np.uint16 if self.depth == 16 else np.uint8)
+        if self._png is not None:
+            self._png.write(pixels)
+        else:
+            self._pixels[self._row:self._row + pixels.shape[0]] = pixels
+            self._row += pixels.shape[0]
+
+    def close(self) -> None:
+        try:
+            if self._png is not None:
+                self._png.close()
+            else:
+                pixels = self._pixels[..., 0] if self.channels == 1 else self._pixels
+                Image.fromarray(pixels).save(self._handle, format=_PIL_FORMATS[self.path.suffix.lower()])
+            self._handle.close()
+            self.tmp.replace(self.path)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        self._handle.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "ImageWriter":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_image(path: str | Path, image: LoadedImage) -> None:
+    """Write a whole image (see ``ImageWriter``)."""
+    height, width = image.rgb.shape[:2]
+    with ImageWriter(path, height, width, image.grayscale, image.alpha is not None, image.bit_depth) as writer:
+        writer.write(image)
 
 
 def list_images(root: str | Path) -> list[Path]:

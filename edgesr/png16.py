@@ -1,6 +1,7 @@
-"""16-bit RGB/RGBA PNG reading and writing, which Pillow truncates to 8 bits.
+"""The PNG pieces Pillow lacks: 16-bit RGB/RGBA (Pillow truncates them to 8 bits) and
+writing row bands as they are produced (Pillow needs the whole image).
 
-Only what SR images need: non-interlaced, colour types 2 (RGB) and 6 (RGBA), 16 bits.
+Reading: non-interlaced 16-bit grey, grey+alpha, RGB, RGBA. Writing: the same at 8 or 16 bits.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_COLOR_CHANNELS = {2: 3, 6: 4}
+_COLOR_CHANNELS = {0: 1, 4: 2, 2: 3, 6: 4}  # grey, grey+alpha, RGB, RGBA
 
 
 def _chunks(data: bytes):
@@ -33,7 +34,7 @@ def header(path: str | Path) -> tuple[int, int] | None:
 
 
 def read_png16(path: str | Path) -> np.ndarray:
-    """H x W x C uint16 array of a 16-bit RGB or RGBA PNG."""
+    """H x W x C uint16 array of a 16-bit PNG (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA)."""
     data = Path(path).read_bytes()
     idat = bytearray()
     for kind, body in _chunks(data):
@@ -42,7 +43,7 @@ def read_png16(path: str | Path) -> np.ndarray:
         elif kind == b"IDAT":
             idat += body
     if depth != 16 or color not in _COLOR_CHANNELS:
-        raise ValueError(f"not a 16-bit RGB/RGBA PNG (depth {depth}, colour type {color})")
+        raise ValueError(f"not a 16-bit grey/RGB PNG (depth {depth}, colour type {color})")
     if interlace:
         raise ValueError("interlaced 16-bit PNG is not supported; re-save it without interlacing")
     channels = _COLOR_CHANNELS[color]
@@ -89,17 +90,59 @@ def _paeth(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
 
 
+class PngWriter:
+    """Writes a PNG band by band, so an image never has to be whole in memory.
+
+    ``pixels`` bands are H' x W x C arrays (C = 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA) of
+    uint8 or uint16; rows are "Up"-filtered, which compresses smooth SR output well and
+    needs only the previous row.
+    """
+
+    def __init__(self, handle, height: int, width: int, channels: int, depth: int):
+        if depth not in (8, 16) or channels not in _CHANNEL_COLORS:
+            raise ValueError(f"PngWriter: {channels} channels at {depth} bits is not supported")
+        self.handle, self.height, self.width, self.channels, self.depth = handle, height, width, channels, depth
+        self.rows_written = 0
+        self._previous = np.zeros(width * channels * depth // 8, np.uint8)
+        self._compressor = zlib.compressobj(6)
+        ihdr = struct.pack(">IIBBBBB", width, height, depth, _CHANNEL_COLORS[channels], 0, 0, 0)
+        handle.write(SIGNATURE + _chunk(b"IHDR", ihdr))
+
+    def write(self, pixels: np.ndarray) -> None:
+        rows, width, channels = pixels.shape
+        if (width, channels) != (self.width, self.channels) or self.rows_written + rows > self.height:
+            raise ValueError(f"band of {pixels.shape} does not fit a {self.height}x{self.width}x{self.channels} PNG")
+        dtype = ">u2" if self.depth == 16 else np.uint8
+        raw = np.ascontiguousarray(pixels.astype(dtype)).reshape(rows, -1).view(np.uint8)
+        above = np.concatenate([self._previous[None], raw[:-1]])
+        filtered = np.empty((rows, raw.shape[1] + 1), np.uint8)
+        filtered[:, 0] = 2  # Up
+        np.subtract(raw, above, out=filtered[:, 1:])
+        self._previous = raw[-1].copy()
+        self.rows_written += rows
+        self._emit(self._compressor.compress(filtered.tobytes()))
+
+    def close(self) -> None:
+        if self.rows_written != self.height:
+            raise ValueError(f"PNG has {self.rows_written} of its {self.height} rows")
+        self._emit(self._compressor.flush())
+        self.handle.write(_chunk(b"IEND", b""))
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.handle.write(_chunk(b"IDAT", data))
+
+
+_CHANNEL_COLORS = {c: t for t, c in _COLOR_CHANNELS.items()}
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def write_png16(path: str | Path, pixels: np.ndarray) -> None:
-    """Write H x W x 3|4 uint16 as a 16-bit PNG (filter 0 on every row)."""
-    height, width, channels = pixels.shape
-    color = {3: 2, 4: 6}[channels]
-    rows = pixels.astype(">u2").reshape(height, -1).view(np.uint8)
-    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 16, color, 0, 0, 0)
-    Path(path).write_bytes(
-        SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-    )
+    """Write H x W x 3|4 uint16 as a 16-bit PNG."""
+    with open(path, "wb") as handle:
+        writer = PngWriter(handle, pixels.shape[0], pixels.shape[1], pixels.shape[2], 16)
+        writer.write(pixels)
+        writer.close()

@@ -25,9 +25,10 @@ Plan, per axis, for an image side L, tile side T and overlap M (LR pixels):
   every inner tile edge, so for a network whose receptive field is smaller than M
   (radius <= Z) the tiled output equals the untiled one.
 
-Memory: tiles are run one at a time and blended into a band one tile-row tall that
-is flushed into the output as rows become final; besides the input and output
-images, memory is O(tile-row), not O(image).
+Memory: tiles are run one at a time and blended into a band one tile-row tall whose
+rows are handed out as they become final (``tiled_bands``); a caller that writes them
+out at once (``edgesr upscale`` to PNG) holds the LR input and O(tile height x image
+width) floats, never the output image.
 """
 from __future__ import annotations
 
@@ -192,9 +193,10 @@ def reflect_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
 TileRunner = Callable[[np.ndarray], np.ndarray]  # h x w x 3 -> (sh) x (sw) x 3
 
 
-def tiled_upscale(run_tile: TileRunner, image: np.ndarray, plan: TilePlan,
-                  on_tile: Callable[[], None] | None = None) -> np.ndarray:
-    """Upscale ``image`` (H x W x C float32) tile by tile following ``plan``."""
+def tiled_bands(run_tile: TileRunner, image: np.ndarray, plan: TilePlan,
+                on_tile: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
+    """Upscale ``image`` (H x W x C float32) tile by tile following ``plan``, yielding the
+    output top to bottom in bands of final rows (together exactly sH x sW x C)."""
     if image.shape[:2] != (plan.height, plan.width):
         raise ValueError(f"plan is for {plan.height}x{plan.width}, image is {image.shape[:2]}")
     s = plan.scale
@@ -202,37 +204,45 @@ def tiled_upscale(run_tile: TileRunner, image: np.ndarray, plan: TilePlan,
     source = reflect_pad(np.asarray(image, np.float32), *plan.padded)
     out_h, out_w = plan.height * s, plan.width * s
     channels = image.shape[2]
-    output = np.empty((out_h, out_w, channels), np.float32)
     band_h, band_w = th * s, plan.padded[1] * s
     acc = np.zeros((band_h, band_w, channels), np.float32)
-    wsum = np.zeros((band_h, band_w), np.float32)
+    # Weights are separable and every tile-row has the same columns, so the sum of
+    # weights is (sum over tile-rows of wy) x (sum over tiles of wx): two vectors.
+    column_weights = [axis_weights(tw * s, plan.overlap, s, j > 0, j < len(plan.cols) - 1)
+                      for j in range(len(plan.cols))]
+    wx_sum = np.zeros(band_w, np.float32)
+    for x, wx in zip(plan.cols, column_weights):
+        wx_sum[x * s:(x + tw) * s] += wx
+    wy_sum = np.zeros(band_h, np.float32)
     for i, y in enumerate(plan.rows):
         last = i == len(plan.rows) - 1
         wy = axis_weights(band_h, plan.overlap, s, i > 0, not last)
-        for j, x in enumerate(plan.cols):
+        wy_sum += wy
+        for x, wx in zip(plan.cols, column_weights):
             patch = np.ascontiguousarray(source[y:y + th, x:x + tw])
             result = run_tile(patch)
             if result.shape != (band_h, tw * s, channels):
                 raise EdgeSRError(f"the model returned {result.shape[:2]} for a {th}x{tw} tile; "
                                   f"expected x{s}: {(band_h, tw * s)}")
-            wx = axis_weights(tw * s, plan.overlap, s, j > 0, j < len(plan.cols) - 1)
-            weight = wy[:, None] * wx[None, :]
-            acc[:, x * s:(x + tw) * s] += result * weight[..., None]
-            wsum[:, x * s:(x + tw) * s] += weight
+            acc[:, x * s:(x + tw) * s] += result * (wy[:, None] * wx[None, :])[..., None]
             if on_tile:
                 on_tile()
-        # Rows above the next tile-row's start are final: flush them, shift the band.
+        # Rows above the next tile-row's start are final: hand them out, shift the band.
         done = band_h if last else (plan.rows[i + 1] - y) * s
-        top = y * s
-        keep = max(0, min(done, out_h - top))
+        keep = max(0, min(done, out_h - y * s))
         if keep:
-            output[top:top + keep] = acc[:keep, :out_w] / wsum[:keep, :out_w, None]
+            yield acc[:keep, :out_w] / (wy_sum[:keep, None, None] * wx_sum[None, :out_w, None])
         if not last:
             acc[:band_h - done] = acc[done:]
-            wsum[:band_h - done] = wsum[done:]
             acc[band_h - done:] = 0.0
-            wsum[band_h - done:] = 0.0
-    return output
+            wy_sum[:band_h - done] = wy_sum[done:]
+            wy_sum[band_h - done:] = 0.0
+
+
+def tiled_upscale(run_tile: TileRunner, image: np.ndarray, plan: TilePlan,
+                  on_tile: Callable[[], None] | None = None) -> np.ndarray:
+    """The whole output of ``tiled_bands`` as one array."""
+    return np.concatenate(list(tiled_bands(run_tile, image, plan, on_tile)), axis=0)
 
 
 class TiledUpscaler:
@@ -251,11 +261,16 @@ class TiledUpscaler:
     def plan(self, height: int, width: int) -> TilePlan:
         return plan_tiles(height, width, self.scale, self.tile, self.overlap, self.fixed, self.min_tile)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def bands(self, image: np.ndarray) -> Iterator[np.ndarray]:
+        """The output top to bottom, in bands of rows (see ``tiled_bands``)."""
         plan = self.plan(image.shape[0], image.shape[1])
         if plan.count == 1 and not self.fixed:
-            return self.upscaler(np.ascontiguousarray(image, np.float32))
-        return tiled_upscale(self.upscaler, image, plan, self.on_tile)
+            yield self.upscaler(np.ascontiguousarray(image, np.float32))
+        else:
+            yield from tiled_bands(self.upscaler, image, plan, self.on_tile)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return np.concatenate(list(self.bands(image)), axis=0)
 
     def describe(self) -> dict:
         return {"tile": list(self.tile), "overlap": self.overlap, "fixed": self.fixed,

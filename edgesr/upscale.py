@@ -3,39 +3,64 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import numpy as np
 from PIL import Image
 
 from edgesr.errors import EdgeSRError
-from edgesr.evaluate import Upscaler
 from edgesr.imageio import LoadedImage
 
 AlphaMode = Literal["bicubic", "model"]
 
 
-def _bicubic_plane(plane: np.ndarray, scale: int) -> np.ndarray:
-    height, width = plane.shape
-    resized = Image.fromarray(plane.astype(np.float32), mode="F").resize(
-        (width * scale, height * scale), Image.BICUBIC)
+def _bicubic_rows(plane: Image.Image, scale: int, top: int, rows: int) -> np.ndarray:
+    """Output rows [top, top + rows) of the bicubic x``scale`` resize of ``plane`` (mode F);
+    Pillow takes the filter's support from outside the box, so bands equal the whole."""
+    width = plane.width
+    resized = plane.resize((width * scale, rows), Image.BICUBIC,
+                           box=(0, top / scale, width, (top + rows) / scale))
     return np.clip(np.asarray(resized), 0.0, 1.0)
 
 
-def upscale_image(upscale: Upscaler, image: LoadedImage, scale: int,
-                  alpha: AlphaMode = "bicubic") -> LoadedImage:
-    """Colour through the network; alpha by bicubic (default) or through the network as grey."""
-    rgb = upscale(image.rgb)
-    upscaled_alpha = None
+def upscale_bands(upscaler: Any, image: LoadedImage, scale: int,
+                  alpha: AlphaMode = "bicubic") -> Iterator[LoadedImage]:
+    """The upscaled image top to bottom, in bands of rows as the upscaler finishes them.
+
+    Colour goes through the network; alpha by bicubic (default) or through the network
+    as grey, tile-row by tile-row beside the colour. ``upscaler`` is any Upscaler; one
+    with a ``bands`` method (a tiled one) is streamed, others give one band.
+    """
+    def bands_of(rgb: np.ndarray) -> Iterator[np.ndarray]:
+        return upscaler.bands(rgb) if hasattr(upscaler, "bands") else iter([upscaler(rgb)])
+
+    colour = bands_of(image.rgb)
+    through_model = None
+    alpha_plane = None
     if image.alpha is not None:
         if alpha == "model":
-            upscaled_alpha = upscale(np.repeat(image.alpha[..., None], 3, axis=2)).mean(axis=2)
+            through_model = bands_of(np.repeat(image.alpha[..., None], 3, axis=2))
         else:
-            upscaled_alpha = _bicubic_plane(image.alpha, scale)
-    if image.grayscale:
-        grey = rgb.mean(axis=2, keepdims=True)
-        rgb = np.repeat(grey, 3, axis=2)
-    return LoadedImage(rgb.astype(np.float32), upscaled_alpha, image.grayscale, image.bit_depth)
+            alpha_plane = Image.fromarray(image.alpha.astype(np.float32), mode="F")
+    top = 0
+    for rgb in colour:
+        band_alpha = None
+        if through_model is not None:
+            band_alpha = next(through_model).mean(axis=2)
+        elif alpha_plane is not None:
+            band_alpha = _bicubic_rows(alpha_plane, scale, top, rgb.shape[0])
+        if image.grayscale:
+            rgb = np.repeat(rgb.mean(axis=2, keepdims=True), 3, axis=2)
+        top += rgb.shape[0]
+        yield LoadedImage(rgb.astype(np.float32, copy=False), band_alpha, image.grayscale, image.bit_depth)
+
+
+def upscale_image(upscale: Any, image: LoadedImage, scale: int, alpha: AlphaMode = "bicubic") -> LoadedImage:
+    """The whole upscaled image (see ``upscale_bands``)."""
+    bands = list(upscale_bands(upscale, image, scale, alpha))
+    alpha_plane = None if image.alpha is None else np.concatenate([b.alpha for b in bands], axis=0)
+    return LoadedImage(np.concatenate([b.rgb for b in bands], axis=0), alpha_plane,
+                       image.grayscale, image.bit_depth)
 
 
 def output_path(source: Path, input_root: Path, out_dir: Path, suffix: str | None) -> Path:
@@ -61,6 +86,9 @@ class OpenedUpscaler:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return (self.tiler or self.runner)(image)
+
+    def bands(self, image: np.ndarray) -> Iterator[np.ndarray]:
+        return self.tiler.bands(image) if self.tiler else iter([self.runner(image)])
 
     def describe(self) -> dict:
         tiling = self.tiler.describe() if self.tiler else {"tile": None, "overlap": None}
@@ -135,8 +163,10 @@ def collect_jobs(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
 def upscale_files(upscaler: OpenedUpscaler, jobs: list[tuple[Path, Path]], out: Path,
                   alpha: AlphaMode = "bicubic", show_progress: bool = False) -> list[dict]:
     """Read, upscale (tiled), write each job; outputs are written to a temporary name and
-    renamed, so an interrupted or failed run never leaves a half-written image."""
-    from edgesr.imageio import read_image, write_image
+    renamed, so an interrupted or failed run never leaves a half-written image. PNG
+    outputs are written band by band as the tiles finish, so the upscaled image is never
+    whole in memory."""
+    from edgesr.imageio import ImageWriter, read_image
     from edgesr.progress import progress
 
     try:
@@ -156,14 +186,17 @@ def upscale_files(upscaler: OpenedUpscaler, jobs: list[tuple[Path, Path]], out: 
                 bar = tqdm(total=plan.count * passes, desc=source.name, leave=False, unit="tile",
                            file=__import__("sys").stderr, dynamic_ncols=True)
                 upscaler.tiler.on_tile = bar.update
+        height, width = image.rgb.shape[:2]
+        size = [height * upscaler.scale, width * upscaler.scale]
+        target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            result = upscale_image(upscaler, image, upscaler.scale, alpha)
+            with ImageWriter(target, size[0], size[1], image.grayscale, image.alpha is not None,
+                             image.bit_depth) as writer:
+                for band in upscale_bands(upscaler, image, upscaler.scale, alpha):
+                    writer.write(band)
         finally:
             if bar is not None:
                 bar.close()
                 upscaler.tiler.on_tile = None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_image(target, result)
-        written.append({"input": str(source), "output": str(target), "mode": image.mode,
-                        "size": [int(result.rgb.shape[0]), int(result.rgb.shape[1])]})
+        written.append({"input": str(source), "output": str(target), "mode": image.mode, "size": size})
     return written

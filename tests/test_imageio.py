@@ -89,3 +89,57 @@ def test_unreadable_image(tmp_path):
     with pytest.raises(EdgeSRError, match="unknown output image type"):
         write_image(tmp_path / "x.gif", LoadedImage(np.zeros((2, 2, 3), np.float32), None, False, 8))
     assert not list(tmp_path.glob(".*part"))
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("depth", [8, 16])
+def test_png_writer_bands_round_trip(tmp_path, channels, depth):
+    """A PNG written in uneven bands decodes (Pillow for 8 bits, ours for 16) to the pixels."""
+    from edgesr.png16 import PngWriter
+
+    dtype = np.uint16 if depth == 16 else np.uint8
+    pixels = rng.integers(0, np.iinfo(dtype).max + 1, size=(11, 6, channels), dtype=dtype)
+    with open(tmp_path / "b.png", "wb") as handle:
+        writer = PngWriter(handle, 11, 6, channels, depth)
+        for top, bottom in [(0, 1), (1, 5), (5, 11)]:
+            writer.write(pixels[top:bottom])
+        writer.close()
+    if depth == 16:
+        decoded = read_png16(tmp_path / "b.png")
+    else:
+        with Image.open(tmp_path / "b.png") as image:
+            decoded = np.asarray(image).reshape(11, 6, channels)
+    assert np.array_equal(decoded, pixels)
+
+
+def test_png_writer_refuses_missing_or_extra_rows(tmp_path):
+    from edgesr.png16 import PngWriter
+
+    with open(tmp_path / "c.png", "wb") as handle:
+        writer = PngWriter(handle, 4, 3, 3, 8)
+        writer.write(np.zeros((3, 3, 3), np.uint8))
+        with pytest.raises(ValueError, match="does not fit"):
+            writer.write(np.zeros((2, 3, 3), np.uint8))
+        with pytest.raises(ValueError, match="3 of its 4 rows"):
+            writer.close()
+
+
+def test_16bit_grey_with_alpha_kept(tmp_path):
+    grey = rng.random((6, 5), dtype=np.float32)
+    image = LoadedImage(np.repeat(grey[..., None], 3, axis=2), rng.random((6, 5), dtype=np.float32), True, 16)
+    write_image(tmp_path / "la.png", image)
+    back = read_image(tmp_path / "la.png")
+    assert back.grayscale and back.bit_depth == 16 and back.alpha is not None
+    assert np.abs(back.rgb[..., 0] - grey).max() <= 0.5 / 65535 + 1e-7
+    assert np.abs(back.alpha - image.alpha).max() <= 0.5 / 65535 + 1e-7
+
+
+def test_failed_band_write_leaves_nothing(tmp_path):
+    from edgesr.imageio import ImageWriter
+
+    band = LoadedImage(np.zeros((2, 4, 3), np.float32), None, False, 8)
+    with pytest.raises(RuntimeError):
+        with ImageWriter(tmp_path / "d.png", 4, 4, False, False, 8) as writer:
+            writer.write(band)
+            raise RuntimeError("the model failed half-way")
+    assert list(tmp_path.iterdir()) == []

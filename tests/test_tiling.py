@@ -170,3 +170,54 @@ def test_cli_upscale_tiled_batch_and_errors(tmp_path, checkpoint):
                                  "--tile", "32", "--overlap", "8"])
     assert broken.exit_code == 2 and "not a readable image" in broken.stderr
     assert not list((tmp_path / "o2").rglob(".*part*"))
+
+
+def test_bands_cover_output_and_alpha_bands_equal_whole_resize():
+    """Streamed bands concatenate to the tiled output, and band-wise bicubic alpha is the
+    whole-plane bicubic resize (to float rounding)."""
+    from edgesr.upscale import _bicubic_rows, upscale_bands
+
+    rng = np.random.default_rng(4)
+    image = LoadedImage(rng.random((70, 33, 3), dtype=np.float32), rng.random((70, 33), dtype=np.float32),
+                        False, 8)
+    tiled = TiledUpscaler(fixed_toy((16, 16)), SCALE, 16, 4, fixed=True)
+    bands = list(upscale_bands(tiled, image, SCALE))
+    assert len(bands) > 2
+    assert np.array_equal(np.concatenate([b.rgb for b in bands]), tiled(image.rgb))
+    plane = Image.fromarray(image.alpha, mode="F")
+    whole = _bicubic_rows(plane, SCALE, 0, 140)
+    assert np.abs(np.concatenate([b.alpha for b in bands]) - whole).max() < 1e-6
+
+
+def _peak_traced_bytes(tmp_path, height: int) -> int:
+    """Peak Python/numpy allocation of upscaling an LR image of height x 48 to PNG, x4."""
+    import tracemalloc
+
+    from edgesr.upscale import OpenedUpscaler, upscale_files
+
+    def nearest_x4(tile):
+        return np.repeat(np.repeat(tile, 4, axis=0), 4, axis=1)
+
+    source = tmp_path / f"tall{height}.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (height, 48, 3), dtype=np.uint8)).save(source)
+
+    class Runner:  # what upscale_files needs of a runner
+        def __call__(self, tile):
+            return nearest_x4(tile)
+
+    upscaler = OpenedUpscaler(Runner(), 4, None, TiledUpscaler(nearest_x4, 4, 32, 4, fixed=True))
+    tracemalloc.start()
+    try:
+        upscale_files(upscaler, [(source, tmp_path / "out" / source.name)], tmp_path / "out")
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_png_upscale_memory_does_not_grow_with_image_height(tmp_path):
+    """Going from 256 to 2048 LR rows may grow memory by the LR input (float RGB, RGBA
+    while reading), not by the x4 output: 16x the input as float, 4x as uint8."""
+    short, tall = _peak_traced_bytes(tmp_path, 256), _peak_traced_bytes(tmp_path, 2048)
+    input_growth = (2048 - 256) * 48 * 3 * 4
+    assert tall - short < 3 * input_growth, (short, tall)
+    assert tall < 2048 * 4 * 48 * 4 * 3 * 4 / 4, (short, tall)

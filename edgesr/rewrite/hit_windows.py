@@ -153,8 +153,9 @@ class FoldedCorrelation(nn.Module):
     """``SpatialChannelCorrelation`` (and HiT-SNG's n-gram subclass) without rank > 5
     tensors, with the position bias folded and the spatial product reassociated.
 
-    ``forward(x, height, width, anchor, crop)``: padded NCHW map in, NHWC cropped to
-    ``height x width`` out (``crop=False`` when nothing was padded); ``anchor`` is a
+    ``forward(x, height, width, anchor, crop)``: padded NCHW map in; out the NHWC output
+    cropped to ``height x width`` (``crop=False`` when nothing was padded) divided by a
+    per-pixel k, and ``1/k`` (see the range comment in ``forward``); ``anchor`` is a
     zero tied to the input (``runtime_zero``).
     """
 
@@ -170,6 +171,7 @@ class FoldedCorrelation(nn.Module):
         self.spatial_linear = correlation.spatial_linear
         self.pos = correlation.pos  # parameters only (official keys); folded below
         self.folded_pos = FoldedWindowBias(correlation.pos)
+        self.register_buffer("one", torch.ones(()), persistent=False)
         self.ngram = hasattr(correlation, "ngram_window_partition")
         if self.ngram:
             self.ngram_window_partition = correlation.ngram_window_partition
@@ -203,18 +205,67 @@ class FoldedCorrelation(nn.Module):
         if self.ngram and self.cell_size != (1, 1):
             pooled = pooled + context[..., half:] * self.spatial_linear.weight.sum()
         n, area, _ = windows.shape
+        # Range: per pixel the correlation is q_i.(P^T.P) and v_i.(q^T.v): linear in the
+        # pixel's own qv, quadratic in its window's. On the real HiTNet weights it reaches
+        # 1e12, which overflows float16 (max 65504) in fp16 artifacts and wrecks int8
+        # ranges. So the pixel's own factor is divided by the RMS r of its qv, and the
+        # window's matrices by the window's largest |qv| s (its RMS loses 30 dB to float16
+        # rounding: a few pixels dominate a window). The output comes out divided by
+        # k = r*s^2, about unit size, and norm1 (a LayerNorm) undoes k exactly when proj's
+        # bias and the LayerNorm's eps are scaled with it (``rescaled_norm``).
+        inv_s = self.inverse(self.window_peak(qv))  # (n, 1, 1)
+        inv_r = self.inverse(rms(windows, (2,)))  # (n, area, 1)
+
         heads, head_dim = self.num_heads, self.head_dim
-        q_h = q.reshape(n, area, heads, head_dim).transpose(1, 2)  # (n, heads, area, d)
-        p_h = pooled.reshape(n, -1, heads, head_dim).transpose(1, 2)  # (n, heads, cells, d)
+        q_own = (q * inv_r).reshape(n, area, heads, head_dim).transpose(1, 2)  # (n, heads, area, d)
+        p_h = (pooled * inv_s).reshape(n, -1, heads, head_dim).transpose(1, 2)  # (n, heads, cells, d)
         gram = p_h.transpose(-2, -1) @ p_h  # (n, heads, d, d)
-        spatial = (q_h @ gram) / head_dim + self.folded_pos(anchor) @ p_h
+        # The bias term is linear in P: it lacks the pixel's factor and one factor of s.
+        bias_term = self.folded_pos(anchor) @ p_h * (inv_r * inv_s)[:, None]
+        spatial = (q_own @ gram) / head_dim + bias_term
         spatial = spatial.transpose(1, 2).reshape(n, area, half)
-        channel = v @ (q.transpose(-2, -1) @ v / area).transpose(-2, -1)  # (n, area, C/2)
-        mixed = torch.cat([spatial, channel], dim=-1)
+        q_win, v_win = q * inv_s, v * inv_s
+        channel = (v * inv_r) @ (q_win.transpose(-2, -1) @ v_win / area).transpose(-2, -1)  # (n, area, C/2)
+        inv_k = inv_r * inv_s * inv_s
+        mixed = torch.cat([spatial, channel, inv_k], dim=-1)
         merged = merge(mixed, self.window_size, batch, padded_h, padded_w)
         if crop:  # a no-op crop exports as aten.alias, which coremltools rejects
             merged = merged[:, :height, :width]
-        return self.proj(merged)
+        inv_k = merged[..., -1:]
+        return F.linear(merged[..., :-1], self.proj.weight) + self.proj.bias * inv_k, inv_k
+
+    def window_peak(self, qv: torch.Tensor) -> torch.Tensor:
+        """Largest |qv| of each window, ``(n, 1, 1)`` in ``partition``'s window order, by
+        max pooling: NNAPI has no ReduceMax and CoreML's ML program EP no Abs."""
+        magnitude = F.relu(qv) + F.relu(qv * -1.0)
+        per_channel = F.max_pool2d(magnitude, self.window_size)  # (B, C, nh, nw)
+        batch, channels, rows, cols = per_channel.shape
+        peak = F.max_pool2d(per_channel.reshape(batch, 1, channels, rows * cols), (channels, 1))
+        return peak.reshape(-1, 1, 1)
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        # Div by a constant tensor, not 1/x: NNAPI takes Div but not Reciprocal. The floor
+        # keeps 1/x finite in float16 for an all-zero window or pixel.
+        return torch.div(self.one, x.clamp_min(2.0**-10))
+
+
+def rms(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Root mean square over ``dims`` (kept); squares of x/64, which stay in float16's range
+    for |x| up to 16000, where x*x would overflow past 255. ReduceMean, not ReduceMax: NNAPI
+    has no ReduceMax."""
+    scaled = x * (1.0 / 64.0)
+    return torch.sqrt((scaled * scaled).mean(dim=dims, keepdim=True)) * 64.0
+
+
+def rescaled_norm(norm: nn.Module, y: torch.Tensor, inv_k: torch.Tensor) -> torch.Tensor:
+    """``norm(y / inv_k)`` computed from ``y`` (already divided by k): LayerNorm over the
+    last axis is scale-free except for eps, which is scaled by ``inv_k**2`` here.
+    ``norm`` is an ``nn.LayerNorm`` or anything with its ``weight``, ``bias`` and ``eps``."""
+    centred = y - y.mean(dim=-1, keepdim=True)
+    # The square as a Mul, not a Pow, as in ``delegate_ops.ElementaryLayerNorm``.
+    variance = (centred * centred).mean(dim=-1, keepdim=True) + norm.eps * inv_k * inv_k
+    # 2**-24, the least float16 > 0: a pixel with no deviation at all gives 0, not 0/0.
+    return centred / torch.sqrt(variance.clamp_min(2.0**-24)) * norm.weight + norm.bias
 
 
 class _FoldedBlock(nn.Module):
@@ -235,7 +286,8 @@ class _FoldedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[1:3]
         padded = self.pad(x.permute(0, 3, 1, 2))
-        x = x + self.norm1(self.correlation(padded, height, width, runtime_zero(x), self.crop))
+        correlated, inv_k = self.correlation(padded, height, width, runtime_zero(x), self.crop)
+        x = x + rescaled_norm(self.norm1, correlated, inv_k)
         return x + self.norm2(self.mlp(x))
 
 
