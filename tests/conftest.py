@@ -17,19 +17,10 @@ def shared_path(*parts: str) -> Path:
 
 
 def make_every_branch_count(model, seed: int = 0):
-    """Perturb a freshly built model like the golden weights: fresh models have
-    layer_scale = 1e-6 and zero biases, which makes SRConvNet's attention softmax
-    nearly uniform and hides whole branches from a parity test."""
-    import torch
+    """See ``edgesr.models.random_weights.trained_like``."""
+    from edgesr.models.random_weights import trained_like
 
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("layer_scale"):
-                param.fill_(0.5)
-            else:
-                param.add_(0.05 * torch.randn(param.shape, generator=generator))
-    return model.eval()
+    return trained_like(model, seed)
 
 
 @pytest.fixture
