@@ -1,6 +1,8 @@
 """SRConvNet rewrites: parity with the original maths, purity, selection, exported ops."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -203,3 +205,37 @@ def test_exported_onnx_has_no_dft_and_constant_conv_weights(tmp_path) -> None:
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         assert abs(out - model(x).numpy()).max() <= 10 * TOLERANCE
+
+
+# --------------------------------------------------------------------------------------
+# Channel LayerNorm in float16 range
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(8, 8), (17, 23), (32, 32)])
+def test_range_safe_channel_norm_changes_no_bit(small_srconvnet, size):
+    from edgesr.rewrite.norm_range import range_safe_channel_norms
+
+    rewritten = range_safe_channel_norms(small_srconvnet)
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(rewritten(x * 255), small_srconvnet(x * 255))
+
+
+def test_range_safe_channel_norm_fits_float16():
+    """Deviations of ~1000 (SRConvNet's 0..255 features): the square overflows float16 in
+    the official form; the rewritten one stays within 1e-2 of float32 (outputs ~1)."""
+    from edgesr.models.srconvnet import ChannelLayerNorm
+    from edgesr.rewrite.norm_range import RangeSafeChannelLayerNorm
+
+    norm = ChannelLayerNorm(16)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(1, 16, 5, 5, generator=torch.Generator().manual_seed(2)) * 1000
+    reference = norm(x)
+    with torch.no_grad():
+        official = copy.deepcopy(norm).half()(x.half()).float()
+        safe = RangeSafeChannelLayerNorm(copy.deepcopy(norm)).half()(x.half()).float()
+    assert (official - reference).abs().max() > 0.5
+    assert (safe - reference).abs().max() < 1e-2
