@@ -54,7 +54,9 @@ def main() -> int:
         return [MatrixRow.from_dict(r) for r in json.loads(path.read_text())] if path.exists() else []
 
     def write(rows: list[MatrixRow]) -> None:
-        (args.out / "conversion-matrix.md").write_text(markdown(rows, heading))
+        everything = cells(split(parser.get_default("archs")), [2, 3, 4], split(parser.get_default("targets")),
+                           split(parser.get_default("precisions")), (args.size, args.size))
+        (args.out / "conversion-matrix.md").write_text(markdown(rows, heading, everything))
         table.write_text(json.dumps([r.to_dict() for r in rows], indent=1, default=str) + "\n")
 
     if args.merge_from:

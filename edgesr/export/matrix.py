@@ -106,7 +106,8 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def markdown(rows: list[MatrixRow], heading: str) -> str:
+def markdown(rows: list[MatrixRow], heading: str, planned: Iterable[MatrixCell] = ()) -> str:
+    """The table; cells of ``planned`` that have no row are listed as not run."""
     lines = [heading, "",
              "| model | target | precision | status | size MB | max abs error | min PSNR dB | export s | "
              "delegates | checked with | note |",
@@ -117,4 +118,8 @@ def markdown(rows: list[MatrixRow], heading: str) -> str:
             f"| {c.arch} x{c.scale} | {c.target} | {c.precision} | {STATUS_MARKS[row.status]} {row.status} | "
             f"{_fmt(row.size_mb, '.2f')} | {_fmt(row.max_abs, '.1e')} | {_fmt(row.min_psnr, '.1f')} | "
             f"{row.seconds:.0f} | {row.delegates} | {row.runtime or '-'} | {row.message.replace('|', '/')[:160] or '-'} |")
+    done = {row.cell.label for row in rows}
+    missing = [cell.label for cell in planned if cell.label not in done]
+    if missing:
+        lines += ["", f"Not run yet ({len(missing)} cells): " + ", ".join(missing) + "."]
     return "\n".join(lines) + "\n"
