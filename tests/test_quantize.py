@@ -205,3 +205,20 @@ def test_coreml_int8_and_w8_are_structurally_valid(data, tmp_path):
         assert structure["model_type"] == "mlProgram"
         assert structure["int8_ops"], structure["ops"]
     assert abs(report.quantization.get("delta_db", 0.0)) < 1.0
+
+
+def test_calibration_reader_strides_cover_every_patch():
+    """onnxruntime calibrates MinMax one stride at a time (bounded memory); every stride
+    must read its own patches, not a slice of the previous stride's."""
+    import numpy as np
+
+    from edgesr.quantize.onnx_quant import _Reader
+
+    patches = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
+    reader = _Reader("x", patches)
+    seen = []
+    for start in range(0, 5, 2):
+        reader.set_range(start, start + 2)
+        while (item := reader.get_next()) is not None:
+            seen.append(float(item["x"][0, 0, 0, 0]))
+    assert seen == [0.0, 1.0, 2.0, 3.0, 4.0]
