@@ -53,9 +53,12 @@ def main() -> int:
     def read(path: Path) -> list[MatrixRow]:
         return [MatrixRow.from_dict(r) for r in json.loads(path.read_text())] if path.exists() else []
 
+    # The whole matrix, so that the page lists the cells no run has filled yet.
+    everything = cells(split(parser.get_default("archs")), [int(s) for s in split(parser.get_default("scales"))],
+                       split(parser.get_default("targets")), split(parser.get_default("precisions")),
+                       (args.size, args.size))
+
     def write(rows: list[MatrixRow]) -> None:
-        everything = cells(split(parser.get_default("archs")), [2, 3, 4], split(parser.get_default("targets")),
-                           split(parser.get_default("precisions")), (args.size, args.size))
         (args.out / "conversion-matrix.md").write_text(markdown(rows, heading, everything))
         table.write_text(json.dumps([r.to_dict() for r in rows], indent=1, default=str) + "\n")
 

@@ -138,11 +138,3 @@ _CHANNEL_COLORS = {c: t for t, c in _COLOR_CHANNELS.items()}
 
 def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def write_png16(path: str | Path, pixels: np.ndarray) -> None:
-    """Write H x W x 3|4 uint16 as a 16-bit PNG."""
-    with open(path, "wb") as handle:
-        writer = PngWriter(handle, pixels.shape[0], pixels.shape[1], pixels.shape[2], 16)
-        writer.write(pixels)
-        writer.close()

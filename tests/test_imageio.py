@@ -6,9 +6,17 @@ from PIL import Image
 
 from edgesr.errors import EdgeSRError
 from edgesr.imageio import LoadedImage, read_image, write_image
-from edgesr.png16 import read_png16, write_png16
+from edgesr.png16 import PngWriter, read_png16
 
 rng = np.random.default_rng(0)
+
+
+def write_png16(path, pixels: np.ndarray) -> None:
+    """A whole H x W x C uint16 array as a 16-bit PNG."""
+    with open(path, "wb") as handle:
+        writer = PngWriter(handle, pixels.shape[0], pixels.shape[1], pixels.shape[2], 16)
+        writer.write(pixels)
+        writer.close()
 
 
 def test_png16_round_trip_rgb_and_rgba(tmp_path):
@@ -95,8 +103,6 @@ def test_unreadable_image(tmp_path):
 @pytest.mark.parametrize("depth", [8, 16])
 def test_png_writer_bands_round_trip(tmp_path, channels, depth):
     """A PNG written in uneven bands decodes (Pillow for 8 bits, ours for 16) to the pixels."""
-    from edgesr.png16 import PngWriter
-
     dtype = np.uint16 if depth == 16 else np.uint8
     pixels = rng.integers(0, np.iinfo(dtype).max + 1, size=(11, 6, channels), dtype=dtype)
     with open(tmp_path / "b.png", "wb") as handle:
@@ -113,8 +119,6 @@ def test_png_writer_bands_round_trip(tmp_path, channels, depth):
 
 
 def test_png_writer_refuses_missing_or_extra_rows(tmp_path):
-    from edgesr.png16 import PngWriter
-
     with open(tmp_path / "c.png", "wb") as handle:
         writer = PngWriter(handle, 4, 3, 3, 8)
         writer.write(np.zeros((3, 3, 3), np.uint8))

@@ -201,11 +201,7 @@ def _peak_traced_bytes(tmp_path, height: int) -> int:
     source = tmp_path / f"tall{height}.png"
     Image.fromarray(np.random.default_rng(5).integers(0, 256, (height, 48, 3), dtype=np.uint8)).save(source)
 
-    class Runner:  # what upscale_files needs of a runner
-        def __call__(self, tile):
-            return nearest_x4(tile)
-
-    upscaler = OpenedUpscaler(Runner(), 4, None, TiledUpscaler(nearest_x4, 4, 32, 4, fixed=True))
+    upscaler = OpenedUpscaler(nearest_x4, 4, None, TiledUpscaler(nearest_x4, 4, 32, 4, fixed=True))
     tracemalloc.start()
     try:
         upscale_files(upscaler, [(source, tmp_path / "out" / source.name)], tmp_path / "out")

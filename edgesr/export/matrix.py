@@ -10,9 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from edgesr.bench_table import FAIL, OK, SOFT_FAIL
 from edgesr.errors import EdgeSRError
 
-STATUS_MARKS = {"passed": "✅", "failed": "❎", "error": "❌"}
+# The marks of edgesr bench's table, with the same meaning.
+STATUS_MARKS = {"passed": OK, "failed": SOFT_FAIL, "error": FAIL}
 
 
 @dataclass
