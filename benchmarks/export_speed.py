@@ -5,7 +5,10 @@ SRConvNet x4) at 1x3xHxW (default 128x128):
 
 * PyTorch eager latency of the original model (``with_unit_range``, no rewrites);
 * the ONNX export as the pipeline makes it: ``prepare_for_export(model, "onnx", size)``,
-  ``with_unit_range``, then ``OnnxTarget.convert`` (dynamo exporter + onnxsim);
+  ``with_unit_range``, then ``OnnxTarget.convert`` (dynamo exporter + onnxsim), in two
+  forms (``--forms``): "mobile", the fixed-size default with the delegate-friendly
+  GELU/LayerNorm/padding, and "fused" (``edgesr export --fused-ops``), which keeps the
+  ops desktop onnxruntime fuses;
 * onnxruntime fp32 CPU session-creation time and latency, measured in a child process
   whose address space is capped (``--mem-cap-gb``) so a runaway session cannot take
   the machine down, and the ORT output's max |difference| from eager;
@@ -134,7 +137,7 @@ def _ort_child(path: Path, x, threads: int, repeats: int, warmup: int, mem_cap_g
 
 
 def measure(name: str, size: tuple[int, int], threads: int, repeats: int, warmup: int,
-            out_dir: Path, mem_cap_gb: float) -> dict:
+            out_dir: Path, mem_cap_gb: float, form: str = "mobile") -> dict:
     import torch
 
     from edgesr.models.contract import with_unit_range
@@ -144,11 +147,11 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, warmup
     x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
     weight_bytes = sum(p.numel() * 4 for p in model.parameters())
     eager = with_unit_range(model).eval()
-    row: dict = {"model": label, "input": f"1x3x{size[0]}x{size[1]}", "weight_bytes": weight_bytes}
+    row: dict = {"model": f"{label}, {form}", "input": f"1x3x{size[0]}x{size[1]}", "weight_bytes": weight_bytes}
 
-    prepared = prepare_for_export(model, "onnx", size)
+    prepared = prepare_for_export(model, "onnx", size, delegate_forms=(form == "mobile"))
     row["rewrites"] = [r["name"] for r in getattr(prepared, "edgesr_rewrites", [])]
-    path = out_dir / f"{name}_x4_{size[0]}x{size[1]}.onnx"
+    path = out_dir / f"{name}_x4_{size[0]}x{size[1]}_{form}.onnx"
     try:
         row["export_s"] = _export_onnx(prepared, x, size, path)
     except Exception as exc:  # noqa: BLE001 - report, keep benchmarking the others
@@ -207,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mem-cap-gb", type=float, default=8.0)
+    parser.add_argument("--forms", default="mobile,fused",
+                        help="mobile (default export) and/or fused (edgesr export --fused-ops)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the .onnx files and results.json")
     args = parser.parse_args(argv)
 
@@ -217,9 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     size = (args.size, args.size)
     rows = []
+    forms = [f.strip() for f in args.forms.split(",") if f.strip()]
     for name in [n.strip() for n in args.models.split(",") if n.strip()]:
-        print(f"[export_speed] {name} at {size[0]}x{size[1]} ...", file=sys.stderr, flush=True)
-        rows.append(measure(name, size, args.threads, args.repeats, args.warmup, out_dir, args.mem_cap_gb))
+        for form in forms:
+            print(f"[export_speed] {name} ({form}) at {size[0]}x{size[1]} ...", file=sys.stderr, flush=True)
+            rows.append(measure(name, size, args.threads, args.repeats, args.warmup, out_dir, args.mem_cap_gb,
+                                form))
     text = table(rows)
     print(text)
     (out_dir / "results.json").write_text(json.dumps({"rows": rows, "table": text}, indent=2, default=str))

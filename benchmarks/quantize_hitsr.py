@@ -1,6 +1,7 @@
 """Quantized exports of the real HiT-SRF x4 checkpoint: size, PSNR-Y, delta, latency.
 
     .venv/bin/python benchmarks/quantize_hitsr.py [--targets onnx,tflite,coreml] [--size 128]
+        [--precisions int8] [--merge]
 
 Calibration on ../shared/data/train/BSD200 (64 patches), validation (and the budget
 search) on Set5, a second validation on Set14; every artifact runs in its own runtime
@@ -34,8 +35,13 @@ def main() -> int:
     parser.add_argument("--targets", default="onnx,tflite,coreml")
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--calib-count", type=int, default=64)
+    parser.add_argument("--precisions", default="",
+                        help="only these precisions (comma-separated); default: every row of the plan")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of OUT/quantization.json that this run does not redo")
     args = parser.parse_args()
+    precisions = {p.strip() for p in args.precisions.split(",") if p.strip()}
 
     from edgesr.calibration import validation_set
     from edgesr.export.pipeline import export
@@ -51,11 +57,15 @@ def main() -> int:
     tile = (args.size, args.size)
     set14 = validation_set(4, SHARED / "Set14")
     float_set14 = measure_psnr(torch_batch_fn(with_unit_range(model).eval()), set14, tile, "hit-srf").psnr_y
-    rows, reports = [], []
+    rows, reports = _previous(args.out) if args.merge else ([], [])
     out_dir = Path(tempfile.mkdtemp(prefix="edgesr-quant-bench-"))
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
         for precision, extra in PLAN[target]:
+            if precisions and precision not in precisions:
+                continue
             label = f"{target} {precision}" + (" (budget 0.1 dB)" if extra.get("max_psnr_drop") else "")
+            rows = [r for r in rows if r["label"] != label]
+            reports = [r for r in reports if r.get("label") != label]
             print(f"[bench] {label}", file=sys.stderr, flush=True)
             started = time.perf_counter()
             try:
@@ -83,10 +93,18 @@ def main() -> int:
                 row["set14"] = None
                 row["note"] = (row.get("note") or "") + f" Set14 not run: {str(exc).splitlines()[0][:120]}"
             rows.append(row)
-            reports.append(report.to_dict())
+            reports.append({"label": label, **report.to_dict()})
             _write(args.out, rows, reports, float_set14, tile)
     _write(args.out, rows, reports, float_set14, tile)
     return 0
+
+
+def _previous(out: Path) -> tuple[list, list]:
+    path = out / "quantization.json"
+    if not path.exists():
+        return [], []
+    data = json.loads(path.read_text())
+    return data["rows"], data["reports"]
 
 
 def _fmt(value, spec: str) -> str:

@@ -47,6 +47,21 @@ def test_gelu_without_erf_matches_exact_gelu():
     assert (delegate_ops.erf_nonnegative(x[x >= 0].double()) - torch.erf(x[x >= 0].double())).abs().max() < 2e-7
 
 
+def test_fusable_gelu_matches_and_onnxruntime_fuses_it(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    x = torch.linspace(-12, 12, 200_001)
+    gelu = delegate_ops.FusableGELU()
+    assert (gelu(x).double() - F.gelu(x.double())).abs().max().item() < 1e-6
+    path, optimized = tmp_path / "gelu.onnx", tmp_path / "gelu.opt.onnx"
+    torch.onnx.export(gelu, (torch.rand(1, 4, 8, 8),), str(path), dynamo=True, opset_version=18)
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert [node.op_type for node in onnx.load(str(optimized)).graph.node] == ["Gelu"]
+
+
 def test_elementary_layernorm_matches():
     norm = nn.LayerNorm(24)
     with torch.no_grad():
@@ -131,6 +146,13 @@ def test_rewrites_are_chosen_per_target():
     for rewrite in (delegate_ops.GELU_WITHOUT_ERF, delegate_ops.LAYERNORM_OPS, delegate_ops.REFLECT_PAD_SLICES):
         # --dynamic ONNX serves desktops (NNAPI takes no dynamic shapes): fused kernels kept.
         assert not rewrite.applies(model, ExportContext("onnx", None))
+        # --fused-ops: a fixed-size graph for desktop onnxruntime.
+        assert not rewrite.applies(model, ExportContext("onnx", SIZE, delegate_forms=False))
+    fusable = delegate_ops.GELU_FUSABLE
+    assert fusable.applies(model, ExportContext("onnx", None))
+    assert fusable.applies(model, ExportContext("onnx", SIZE, delegate_forms=False))
+    assert not fusable.applies(model, onnx_fixed)
+    assert not fusable.applies(model, ExportContext("tflite", SIZE))
     assert REWRITE_MODULES[-1] == "delegate_ops" or "delegate_ops" in REWRITE_MODULES
 
 
@@ -220,6 +242,28 @@ def test_onnx_verdicts_hit_sir(tmp_path):
     for name in ("NNAPI", "CoreML MLProgram"):
         assert by_name[name]["verdict"] == "YES" and by_name[name]["partitions"] == 1, by_name[name]
     assert report.status == "passed"
+
+
+def test_fused_ops_keep_desktop_kernels_and_parity(tmp_path):
+    """--fused-ops: exact GELU and LayerNormalization stay (onnxruntime fuses them on
+    desktops), parity still holds, and the NNAPI judge sees the split it causes."""
+    import onnx
+
+    model = make_every_branch_count(create("hit-sir", 2, **HIT_SMALL))
+    report = export(model, "onnx", input_size=SIZE, out_dir=tmp_path, fused_ops=True)
+    assert report.status == "passed"
+    ops = {node.op_type for node in onnx.load(report.artifact).graph.node}
+    assert {"Erf", "LayerNormalization"} <= ops, sorted(ops)
+    names = [r["name"] for r in report.rewrites]
+    assert "gelu_without_erf" not in names and "gelu_fusable" in names
+    nnapi = next(d for d in report.readiness["delegates"] if d["name"] == "NNAPI")
+    assert nnapi["verdict"] != "YES" and report.readiness["split"] is True
+    with pytest.raises(EdgeSRError, match="--fused-ops"):
+        export(model, "onnx", input_size=SIZE, out_dir=tmp_path, name="both", fused_ops=True,
+               delegate_ready=True)
+    assert not list(tmp_path.glob("both*"))
+    with pytest.raises(EdgeSRError, match="fused"):
+        export(model, "tflite", input_size=SIZE, out_dir=tmp_path, name="tfl", fused_ops=True)
 
 
 def test_analyzer_failure_is_reported_not_raised(tmp_path):

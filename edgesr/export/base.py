@@ -42,6 +42,7 @@ OPTION_FLAGS: Mapping[str, str] = {
     "image_io": "--image-io",
     "shapes": "--shapes",
     "min_ios": "--min-ios",
+    "fused_ops": "--fused-ops",
     # Quantization and quality (edgesr.quantize): every target takes them (QUANT_OPTIONS).
     "calib": "--calib",
     "calib_count": "--calib-count",
@@ -70,6 +71,9 @@ class ExportOptions:
     # Extra (H, W) sizes a CoreML model accepts (EnumeratedShapes); input_size is the default.
     shapes: tuple[tuple[int, int], ...] = ()
     min_ios: int | None = None
+    # ONNX: keep exact GELU, LayerNormalization and reflect Pad, which desktop onnxruntime
+    # fuses, instead of the forms mobile delegates take (edgesr.rewrite.delegate_ops).
+    fused_ops: bool = False
     # Quantization (see edgesr.quantize): calibration images, patch count and range method,
     # validation images, PSNR budget in dB, op groups kept float (replay), 8-bit TFLite I/O.
     calib: str | None = None

@@ -64,6 +64,9 @@ def export_command(
     image_io: bool = typer.Option(False, "--image-io", help="coreml: image input and output (8-bit RGB)."),
     shapes: Optional[str] = typer.Option(None, "--shapes", help="coreml: more input sizes, e.g. 64x64,128x128."),
     min_ios: Optional[int] = typer.Option(None, "--min-ios", help="coreml: minimum iOS version (default 16)."),
+    fused_ops: bool = typer.Option(False, "--fused-ops", help="onnx, fixed size: keep exact GELU, "
+                                   "LayerNormalization and reflect Pad, which desktop onnxruntime "
+                                   "fuses (faster on CPU/GPU; NNAPI splits the graph at them)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the PyTorch reference also runs."),
     delegate_ready: Optional[bool] = typer.Option(
         None, "--delegate-ready/--no-delegate-ready",
@@ -93,6 +96,7 @@ def export_command(
              "calib": str(calib) if calib else None, "calib_count": calib_count if calib_count != 64 else None,
              "calib_method": calib_method if calib_method != "minmax" else None,
              "val": str(val) if val else None, "max_psnr_drop": max_psnr_drop, "int_io": int_io or None,
+             "fused_ops": fused_ops or None,
              "keep_float": tuple(k.strip() for k in keep_float.split(",") if k.strip()) if keep_float else None,
              "shapes": _parse_shapes(shapes) or None}
     network = _load_model(model, arch, weights, scale)

@@ -142,13 +142,10 @@ def default_name(info, options: ExportOptions) -> str:
 
 
 def _prepare(model: nn.Module, target: str, options: ExportOptions) -> tuple[nn.Module, list[dict]]:
-    """The rewrite hook: edgesr.rewrite.prepare_for_export when that module exists."""
-    try:
-        from edgesr.rewrite import prepare_for_export
-    except ImportError:
-        return model, []
+    from edgesr.rewrite import prepare_for_export
+
     size = None if options.dynamic else tuple(options.input_size)
-    prepared = prepare_for_export(model, target=target, input_size=size)
+    prepared = prepare_for_export(model, target=target, input_size=size, delegate_forms=not options.fused_ops)
     return prepared, list(getattr(prepared, "edgesr_rewrites", []) or [])
 
 
@@ -285,6 +282,9 @@ def export(
     chosen = get_target(target)
     if delegate_ready is None:
         delegate_ready = chosen.name in DELEGATE_READY_BY_DEFAULT
+    if delegate_ready and target_options.get("fused_ops"):
+        raise EdgeSRError("--fused-ops keeps ops that NNAPI rejects (a split graph): "
+                          "drop --delegate-ready or --fused-ops")
     shapes = tuple(tuple(int(v) for v in s) for s in (target_options.pop("shapes", None) or ()))
     options = ExportOptions(input_size=(int(input_size[0]), int(input_size[1])), precision=str(precision),
                             dynamic=bool(dynamic), shapes=shapes, device=str(device),

@@ -3,7 +3,7 @@
 int8: the float graph goes through onnxruntime's quantization pre-processing
 (``quant_pre_process``: optimisation + shape inference), is calibrated once on the
 calibration patches (ranges cached, so the budget search re-quantizes without
-re-calibrating), then quantized in QDQ format with per-channel symmetric int8
+re-calibrating; see ``OnnxQuantizer.calibrate`` for the memory this needs), then quantized in QDQ format with per-channel symmetric int8
 weights and uint8 activations (U8S8, what onnxruntime's CPU kernels run fastest).
 Nodes listed in ``keep_float`` are left out of quantization.
 
@@ -37,30 +37,6 @@ def _method(name: str):
             "entropy": CalibrationMethod.Entropy}[name]
 
 
-class _Reader:
-    """onnxruntime CalibrationDataReader over the patches, one at a time."""
-
-    def __init__(self, input_name: str, patches: np.ndarray):
-        self.input_name, self.patches = input_name, patches
-        self.index, self.end = 0, len(patches)
-
-    def get_next(self):
-        if self.index >= self.end:
-            return None
-        item = {self.input_name: np.ascontiguousarray(self.patches[self.index:self.index + 1])}
-        self.index += 1
-        return item
-
-    def rewind(self):
-        self.index = 0
-
-    def __len__(self):
-        return len(self.patches)
-
-    def set_range(self, start_index: int, end_index: int):  # CalibStridedMinMax API
-        self.index, self.end = start_index, min(end_index, len(self.patches))
-
-
 def quantizable_op_types() -> set[str]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
@@ -90,7 +66,6 @@ class OnnxQuantizer:
             self.pre_note = "onnxruntime quant_pre_process (optimisation + shape inference)"
         self.model = onnx.load_model(str(self.pre_path))
         self.input_name = self.model.graph.input[0].name
-        self.calibrated = False
 
     def node_groups(self) -> dict[str, list[str]]:
         """Quantizable nodes grouped for the sensitivity search.
@@ -112,29 +87,63 @@ class OnnxQuantizer:
     def compute_nodes(self) -> set[str]:
         return {n.name for n in self.model.graph.node if n.op_type in COMPUTE_OPS}
 
+    def calibrate(self) -> None:
+        """Activation ranges of every tensor over the calibration patches, into the cache
+        that ``quantize_static`` reads.
+
+        onnxruntime's calibrator runs a copy of the graph with a ReduceMin and a ReduceMax
+        on every tensor. In its default execution order that copy keeps the tensors alive
+        long after their last use: HiT-SRF at 128x128 took 12.7 GB for one patch and was
+        OOM-killed on this 24 GB machine (the plain graph: 1.0 GB). Priority-based order
+        runs each reduction right after its tensor: 1.1 GB. So the calibrator's session is
+        replaced by one with that order, and fed one patch per call (the histogram
+        calibrators hold every tensor of the patches of one call).
+        """
+        import onnxruntime as ort
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+        calibrator = create_calibrator(self.pre_path, None, augmented_model_path=str(self.work / "augmented.onnx"),
+                                       calibrate_method=_method(self.method))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        options.log_severity_level = 3
+        calibrator.infer_session = ort.InferenceSession(calibrator.augmented_model_path, options,
+                                                        providers=["CPUExecutionProvider"])
+        for patch in self.calib.patches:
+            calibrator.collect_data(_OnePatch(self.input_name, patch))
+        save_tensors_data(calibrator.compute_data(), self.cache_path)
+
     def quantize(self, destination: Path, keep_float: Sequence[str] = ()) -> Path:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        reader = None if self.calibrated else _Reader(self.input_name, self.calib.patches)
         try:
+            if not self.cache_path.exists():
+                self.calibrate()
             quantize_static(
-                str(self.pre_path), str(destination), reader,
+                str(self.pre_path), str(destination), None,
                 quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=_method(self.method), nodes_to_exclude=list(keep_float),
                 calibration_cache_path=str(self.cache_path),
-                # One patch per MinMax pass: onnxruntime holds every intermediate tensor of
-                # the patches of a pass (HiT-SRF at 128x128: ~3,400 tensors; 64 patches at
-                # once were OOM-killed at 22.9 GB); ranges are merged across passes.
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
-                               **({"CalibStridedMinMax": 1} if self.method == "minmax" else {})},
+                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
         except EdgeSRError:
             raise
         except Exception as exc:
             raise EdgeSRError(f"onnxruntime quantization failed: {first_line(exc)}") from exc
-        self.calibrated = True
         return destination
+
+
+class _OnePatch:
+    """An onnxruntime CalibrationDataReader that yields one patch (NCHW, batch 1), once."""
+
+    def __init__(self, input_name: str, patch: np.ndarray):
+        self.item = {input_name: np.ascontiguousarray(patch[None])}
+
+    def get_next(self):
+        item, self.item = self.item, None
+        return item
 
 
 def weight_only_int8(float_path: Path, destination: Path) -> int:

@@ -26,7 +26,10 @@ rewrite                what the delegate rejects                  equivalent for
 Each rewrite is chosen per target: LiteRT's GPU delegate and CoreML take GELU and
 LayerNorm natively, so those stay fused there; ONNX graphs change only when their input
 size is fixed (the mobile case: NNAPI takes no dynamic shapes), so ``--dynamic`` desktop
-graphs keep onnxruntime's fused Gelu and LayerNormalization kernels. Every form is
+graphs keep onnxruntime's fused Gelu and LayerNormalization kernels, and so do fixed-size
+ones exported with ``--fused-ops`` (``ExportContext.delegate_forms``); ``gelu_fusable``
+writes their GELU in the order onnxruntime's GeluFusion recognises (the exporter's
+order is not). Every form is
 exact maths; the GELU one differs from erf-GELU by at most 5.2e-7 in fp32 (torch's own
 fp32 GELU: 5.7e-7). Parity tests in tests/test_readiness.py.
 """
@@ -102,6 +105,15 @@ def gelu_without_erf(x: torch.Tensor) -> torch.Tensor:
 class ErfFreeGELU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gelu_without_erf(x)
+
+
+class FusableGELU(nn.Module):
+    """Exact GELU for the graphs that keep Erf, in the order onnxruntime's GeluFusion
+    matches: ``(x * (erf(x/sqrt2) + 1)) * 0.5`` becomes one Gelu kernel, while the
+    exporter's own ``((erf(x/sqrt2) + 1) * 0.5) * x`` stays five elementwise ops."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * (torch.erf(x / math.sqrt(2.0)) + 1.0)) * 0.5
 
 
 # --------------------------------------------------------------------------------------
@@ -347,6 +359,10 @@ def gelu_as_elementary(model: nn.Module) -> nn.Module:
     return replace_modules(model, _is_exact_gelu, lambda m: ErfFreeGELU())
 
 
+def gelu_as_fusable(model: nn.Module) -> nn.Module:
+    return replace_modules(model, _is_exact_gelu, lambda m: FusableGELU())
+
+
 def layernorm_as_elementary(model: nn.Module) -> nn.Module:
     return replace_modules(model, _is_last_axis_layernorm, ElementaryLayerNorm)
 
@@ -373,7 +389,7 @@ def _uses_reflect_pad_or_resize(model: nn.Module) -> bool:
 
 
 def _onnx_fixed(context: ExportContext) -> bool:
-    return context.target == "onnx" and context.input_size is not None
+    return context.target == "onnx" and context.input_size is not None and context.delegate_forms
 
 
 GELU_WITHOUT_ERF = register_rewrite(Rewrite(
@@ -381,6 +397,15 @@ GELU_WITHOUT_ERF = register_rewrite(Rewrite(
     description="exact GELU without Erf (NNAPI has no Erf): x/2 + |x|/2*erf(|x|/sqrt2), erf by exp",
     applies=lambda model, context: _onnx_fixed(context) and _has(model, _is_exact_gelu),
     apply=lambda model, context: gelu_as_elementary(model),
+))
+
+GELU_FUSABLE = register_rewrite(Rewrite(
+    name="gelu_fusable",
+    description="exact GELU as (x*(erf(x/sqrt2)+1))*0.5, the order onnxruntime fuses into one "
+                "Gelu kernel (desktop graphs: --dynamic or --fused-ops)",
+    applies=lambda model, context: (context.target == "onnx" and not _onnx_fixed(context)
+                                    and _has(model, _is_exact_gelu)),
+    apply=lambda model, context: gelu_as_fusable(model),
 ))
 
 LAYERNORM_OPS = register_rewrite(Rewrite(

@@ -21,6 +21,9 @@ class ExportContext:
     # Fixed LR input size (H, W), or None for a graph that takes any size.
     input_size: tuple[int, int] | None
     batch: int = 1
+    # Whether ops that mobile delegates reject get their delegate-friendly forms
+    # (edgesr.rewrite.delegate_ops); False keeps the forms desktop runtimes fuse.
+    delegate_forms: bool = True
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,11 @@ def _registered() -> list[Rewrite]:
 
 
 def prepare_for_export(model: nn.Module, target: str, input_size: tuple[int, int] | None,
-                       batch: int = 1) -> nn.Module:
+                       batch: int = 1, delegate_forms: bool = True) -> nn.Module:
     """The model with every rewrite this export needs; records them in ``edgesr_rewrites``."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}")
-    context = ExportContext(target, input_size, batch)
+    context = ExportContext(target, input_size, batch, delegate_forms)
     info = describe(model)
     applied = []
     prepared = model
