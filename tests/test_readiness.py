@@ -264,6 +264,10 @@ def test_fused_ops_keep_desktop_kernels_and_parity(tmp_path):
     assert not list(tmp_path.glob("both*"))
     with pytest.raises(EdgeSRError, match="fused"):
         export(model, "tflite", input_size=SIZE, out_dir=tmp_path, name="tfl", fused_ops=True)
+    # SRConvNet keeps its runtime-weight dynamic conv there; parity still holds.
+    srconvnet = make_every_branch_count(create("srconvnet", 2, **SRCONVNET_SMALL))
+    report = export(srconvnet, "onnx", input_size=SIZE, out_dir=tmp_path, name="sr", fused_ops=True)
+    assert report.status == "passed" and "dynamic_conv_static" not in [r["name"] for r in report.rewrites]
 
 
 def test_analyzer_failure_is_reported_not_raised(tmp_path):

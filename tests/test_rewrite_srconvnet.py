@@ -172,6 +172,17 @@ def test_prepare_for_export_picks_rewrites(model: nn.Module, target: str) -> Non
     assert not any(isinstance(m, DFTFourierUnit) for m in dynamic.modules())
 
 
+def test_desktop_onnx_keeps_the_runtime_weight_conv(model: nn.Module) -> None:
+    """--fused-ops (fixed-size ONNX for desktop onnxruntime, batch 1): the original
+    dynamic conv, whose runtime weight ORT's CPU/CUDA kernels take, is the fastest form;
+    with a free batch (--dynamic) its groups would not be constant, so the bank stays."""
+    desktop = prepare_for_export(model, "onnx", (24, 32), delegate_forms=False)
+    assert "dynamic_conv_static" not in [e["name"] for e in desktop.edgesr_rewrites]
+    assert sum(isinstance(m, DynamicDepthwiseConv2d) for m in desktop.modules()) == 2 * SMALL["num_blocks"]
+    dynamic = prepare_for_export(model, "onnx", None, delegate_forms=False)
+    assert not any(isinstance(m, DynamicDepthwiseConv2d) for m in dynamic.modules())
+
+
 def test_prepare_for_export_leaves_other_models_alone() -> None:
     plain = attach(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1)).eval(), ModelInfo("toy", 1))
     prepared = prepare_for_export(plain, "coreml", (8, 8))

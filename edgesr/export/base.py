@@ -71,8 +71,9 @@ class ExportOptions:
     # Extra (H, W) sizes a CoreML model accepts (EnumeratedShapes); input_size is the default.
     shapes: tuple[tuple[int, int], ...] = ()
     min_ios: int | None = None
-    # ONNX: keep exact GELU, LayerNormalization and reflect Pad, which desktop onnxruntime
-    # fuses, instead of the forms mobile delegates take (edgesr.rewrite.delegate_ops).
+    # ONNX, fixed size: the forms desktop onnxruntime runs fastest (exact GELU,
+    # LayerNormalization, reflect Pad, SRConvNet's runtime-weight dynamic conv) instead of
+    # those mobile delegates take (edgesr.rewrite.delegate_ops, dynamic_conv).
     fused_ops: bool = False
     # Quantization (see edgesr.quantize): calibration images, patch count and range method,
     # validation images, PSNR budget in dB, op groups kept float (replay), 8-bit TFLite I/O.

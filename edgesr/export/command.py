@@ -65,8 +65,9 @@ def export_command(
     shapes: Optional[str] = typer.Option(None, "--shapes", help="coreml: more input sizes, e.g. 64x64,128x128."),
     min_ios: Optional[int] = typer.Option(None, "--min-ios", help="coreml: minimum iOS version (default 16)."),
     fused_ops: bool = typer.Option(False, "--fused-ops", help="onnx, fixed size: keep exact GELU, "
-                                   "LayerNormalization and reflect Pad, which desktop onnxruntime "
-                                   "fuses (faster on CPU/GPU; NNAPI splits the graph at them)."),
+                                   "LayerNormalization, reflect Pad and SRConvNet's runtime-weight "
+                                   "conv, which desktop onnxruntime runs faster (NNAPI splits the "
+                                   "graph at them)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the PyTorch reference also runs."),
     delegate_ready: Optional[bool] = typer.Option(
         None, "--delegate-ready/--no-delegate-ready",

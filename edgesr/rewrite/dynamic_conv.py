@@ -205,12 +205,20 @@ def _explain(model: nn.Module, context: ExportContext) -> str:
     return f"dynamic depthwise conv: constant-weight form {form!r} ({_WHY[context.target]})"
 
 
+def _needs_constant_weights(context: ExportContext) -> bool:
+    # Every target but a fixed-size ONNX graph for desktop onnxruntime (--fused-ops):
+    # CoreML, LiteRT delegates and ORT mobile EPs need constant conv weights, and with a
+    # free batch the original's groups (batch x channels) are not a constant. ORT's CPU
+    # and CUDA kernels take a runtime weight, and the original is then the fastest form
+    # (128 vs 318 ms per MixFFN pair, table above).
+    return context.target != "onnx" or context.input_size is None or context.delegate_forms
+
+
 DYNAMIC_CONV_STATIC = register_rewrite(
     Rewrite(
         name="dynamic_conv_static",
         description="SRConvNet dynamic depthwise conv with a constant kernel bank (no runtime-weight conv)",
-        # Every target: CoreML, LiteRT delegates and ORT mobile EPs need constant conv weights.
-        applies=lambda model, context: has_dynamic_convs(model),
+        applies=lambda model, context: has_dynamic_convs(model) and _needs_constant_weights(context),
         apply=_apply,
         explain=_explain,
     )
