@@ -46,7 +46,9 @@ Choice: ``bank_conv`` for every target. It is the fastest constant-weight form i
 ORT and in eager; for CoreML and LiteRT delegates a single constant depthwise conv
 plus one matmul maps onto the ANE/GPU/NPU conv units, whereas the shifted sum is
 ~220 small elementwise/slice ops per block (per-op dispatch cost on accelerators).
-LiteRT (CPU interpreter) and CoreML conversion were checked with this form.
+LiteRT (CPU interpreter) and CoreML conversion were checked with this form. The
+exception is a fixed-size ONNX file for desktop onnxruntime (``--fused-ops``), which
+keeps the original runtime-weight conv (``_needs_constant_weights``).
 """
 from __future__ import annotations
 

@@ -37,10 +37,12 @@ Rewritten block (same maths, state-dict keys unchanged, all tensors rank <= 5):
   fp32 results are unchanged (5e-7); fp16 HiT-SRF runs at 73 dB of fp32, where the
   plain graph gives NaN.
 
-Measured (HiT-SRF x4, HiTNet.pth, 1x3x128x128, ORT fp32 CPU, 2 heavily shared cores,
-benchmarks/export_speed.py): ONNX 6.51 MB for 3.47 MB of weights (1.88x; 28-55 MB
-before), session creation 0.83 s, ORT 1443 ms vs eager 1302 ms (0.9x: the 2.5x
-target is not met). TFLite and CoreML (torch.export + coremltools 9) convert at 64x64.
+Measured (HiT-SRF x4, HiTNet.pth, 1x3x128x128, ORT fp32 CPU, 2 shared cores,
+benchmarks/export_speed.py, median of 7 interleaved runs): ONNX 6.51 MB for 3.47 MB of
+weights (1.88x; 28-55 MB before), session creation 1.2-1.4 s, ORT 1986 ms (mobile
+graph) and 1438 ms (``--fused-ops``) vs eager 2060 ms: 1.04x and 1.43x (the 2.5x target
+is not met; window transposes and the range scaling's elementwise ops dominate).
+TFLite and CoreML (torch.export + coremltools 9) convert at 64x64.
 Dynamic-shape ONNX export of ``hit_windows_any_size`` runs but is not yet right at
 sizes other than the example (and batch is specialised to 1); the eager module is.
 
