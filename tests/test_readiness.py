@@ -262,7 +262,7 @@ def test_fused_ops_keep_desktop_kernels_and_parity(tmp_path):
         export(model, "onnx", input_size=SIZE, out_dir=tmp_path, name="both", fused_ops=True,
                delegate_ready=True)
     assert not list(tmp_path.glob("both*"))
-    with pytest.raises(EdgeSRError, match="fused"):
+    with pytest.raises(EdgeSRError, match="--fused-ops does not apply to tflite"):
         export(model, "tflite", input_size=SIZE, out_dir=tmp_path, name="tfl", fused_ops=True)
     # SRConvNet keeps its runtime-weight dynamic conv there; parity still holds.
     srconvnet = make_every_branch_count(create("srconvnet", 2, **SRCONVNET_SMALL))

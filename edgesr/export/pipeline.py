@@ -282,7 +282,7 @@ def export(
     chosen = get_target(target)
     if delegate_ready is None:
         delegate_ready = chosen.name in DELEGATE_READY_BY_DEFAULT
-    if delegate_ready and target_options.get("fused_ops"):
+    if delegate_ready and target_options.get("fused_ops") and "fused_ops" in chosen.options:
         raise EdgeSRError("--fused-ops keeps ops that NNAPI rejects (a split graph): "
                           "drop --delegate-ready or --fused-ops")
     shapes = tuple(tuple(int(v) for v in s) for s in (target_options.pop("shapes", None) or ()))
