@@ -9,7 +9,8 @@ quantized in QDQ format with per-channel symmetric int8 weights and uint8 activa
 (``COMPUTE_OPS``: Conv, ConvTranspose, MatMul, Gemm) are quantized: that is where int8
 arithmetic saves time, while a QDQ pair around each elementwise op only adds work and
 rounding. HiT-SRF x4 (HiTNet, 128x128): every quantizable op 21.9 dB PSNR-Y on Set5
-and 0.88x the fp32 speed; compute ops only 24.3 dB and 1.8x (float: 31.7 dB).
+at 0.88x the fp32 speed; compute ops only 24.3 dB at 0.92x (float: 31.7 dB; this CPU
+has AVX2 but no VNNI). See docs/quantization.md.
 Nodes listed in ``keep_float`` are left out of quantization.
 
 w8: weight-only: every Conv/ConvTranspose/MatMul/Gemm weight initializer is stored
