@@ -282,14 +282,14 @@ def export(
     chosen = get_target(target)
     if delegate_ready is None:
         delegate_ready = chosen.name in DELEGATE_READY_BY_DEFAULT
-    if delegate_ready and target_options.get("fused_ops") and "fused_ops" in chosen.options:
-        raise EdgeSRError("--fused-ops keeps ops that NNAPI rejects (a split graph): "
-                          "drop --delegate-ready or --fused-ops")
     shapes = tuple(tuple(int(v) for v in s) for s in (target_options.pop("shapes", None) or ()))
     options = ExportOptions(input_size=(int(input_size[0]), int(input_size[1])), precision=str(precision),
                             dynamic=bool(dynamic), shapes=shapes, device=str(device),
                             **{k: v for k, v in target_options.items() if v is not None})
     options = validate(chosen, options, model)
+    if delegate_ready and options.fused_ops:
+        raise EdgeSRError("--fused-ops keeps ops that NNAPI rejects (a split graph): "
+                          "drop --delegate-ready or --fused-ops")
     info = describe(model)
     file_name = (name or default_name(info, options))
     if file_name.endswith(chosen.suffix):

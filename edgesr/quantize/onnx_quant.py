@@ -112,7 +112,8 @@ class OnnxQuantizer:
         import onnxruntime as ort
         from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
-        calibrator = create_calibrator(self.pre_path, self.op_types, augmented_model_path=str(self.work / "augmented.onnx"),
+        calibrator = create_calibrator(self.pre_path, self.op_types,
+                                       augmented_model_path=str(self.work / "augmented.onnx"),
                                        calibrate_method=_method(self.method))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
