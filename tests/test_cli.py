@@ -9,6 +9,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from edgesr.cli import app
+from edgesr.errors import EdgeSRError
 from edgesr.models.loading import save_checkpoint
 from tests.conftest import shared_path
 
@@ -97,3 +98,14 @@ def test_eval_real_checkpoint_set5_reproduces_official():
     means = report["results"][0]["mean"]
     assert abs(means["psnr_y"] - 31.68) <= 0.01
     assert abs(means["bicubic_psnr_y"] - 28.43) <= 0.01
+
+
+def test_export_takes_a_checkpoint_as_model_option(checkpoint, small_srconvnet):
+    """``edgesr export --model CKPT``: the spelling of the docs, for a checkpoint file."""
+    from edgesr.export.command import _load_model
+
+    loaded = _load_model(None, str(checkpoint), None, None)
+    for name, tensor in small_srconvnet.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    with pytest.raises(EdgeSRError, match="either as MODEL or as --weights"):
+        _load_model(str(checkpoint), None, checkpoint, None)

@@ -207,6 +207,28 @@ def test_rewritten_hitsrf_stays_in_float16_range() -> None:
     assert psnr >= 60.0, psnr
 
 
+@pytest.mark.parametrize("magnitude", [400.0, 1e-3])
+def test_rescaled_norm_fits_float16_at_any_scale(magnitude: float) -> None:
+    """The norm after the folded correlation sees rows of a few hundred (squares past
+    float16's 65504) or of 1e-3 (squares under its 6e-5 normal range) depending on the
+    weights; in float16 it must still match float64 LayerNorm to float16 precision."""
+    from edgesr.rewrite.hit_windows import rescaled_norm
+
+    generator = torch.Generator().manual_seed(0)
+    norm = nn.LayerNorm(60)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5, generator=generator)
+        norm.bias.uniform_(-0.2, 0.2, generator=generator)
+    y = torch.randn(4, 64, 60, generator=generator) * magnitude + magnitude
+    y[0, 0] = magnitude  # a row with no deviation
+    inv_k = torch.full((4, 64, 1), 0.5)
+    with torch.no_grad():
+        expected = copy.deepcopy(norm).double()(y.double() / inv_k.double())
+        half = rescaled_norm(copy.deepcopy(norm).half(), y.half(), inv_k.half()).double()
+    assert torch.isfinite(half).all()
+    assert (half - expected).abs().max().item() <= 1e-2
+
+
 # --------------------------------------------------------------------------------------
 # ONNX export of a small rewritten model
 # --------------------------------------------------------------------------------------

@@ -16,6 +16,9 @@ from edgesr.errors import EdgeSRError
 def _load_model(model: Optional[str], arch: Optional[str], weights: Optional[Path], scale: Optional[int]):
     from edgesr.models.loading import create, get_arch_or_error, load
 
+    if model is None and weights is None and arch is not None and Path(arch).is_file():
+        # ``--model CKPT``: a checkpoint given where an architecture may also go.
+        model, arch = arch, None
     if model is not None and weights is not None:
         raise EdgeSRError("give the checkpoint either as MODEL or as --weights, not both")
     if weights is not None:
@@ -48,7 +51,7 @@ def export_command(
     model: Optional[str] = typer.Argument(
         None, help="Checkpoint, bundled model name or architecture name (random weights, needs --scale)."),
     arch: Optional[str] = typer.Option(
-        None, "--model", help="Architecture: forces it for a checkpoint; alone, random weights via --scale."),
+        None, "--model", help="Architecture (forces it for --weights; alone, random weights via --scale) or a checkpoint file."),
     scale: Optional[int] = typer.Option(None, "--scale", help="Scale (checked against the checkpoint)."),
     target: str = typer.Option(..., "--target", help="onnx, tflite or coreml."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Checkpoint to export."),

@@ -270,12 +270,24 @@ def rms(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
 def rescaled_norm(norm: nn.Module, y: torch.Tensor, inv_k: torch.Tensor) -> torch.Tensor:
     """``norm(y / inv_k)`` computed from ``y`` (already divided by k): LayerNorm over the
     last axis is scale-free except for eps, which is scaled by ``inv_k**2`` here.
-    ``norm`` is an ``nn.LayerNorm`` or anything with its ``weight``, ``bias`` and ``eps``."""
+    ``norm`` is an ``nn.LayerNorm`` or anything with its ``weight``, ``bias`` and ``eps``.
+
+    The rescaling keeps y near unit size but not always there: with some weights a
+    row reaches a few hundred (whose squares overflow float16), in others its deviations
+    are ~1e-3 (whose squares underflow). So the deviations are divided by their own mean
+    magnitude first; the squares of that lie in [0, C**2] for C channels whatever y's scale.
+    """
     centred = y - y.mean(dim=-1, keepdim=True)
-    # The square as a Mul, not a Pow, as in ``delegate_ops.ElementaryLayerNorm``.
-    variance = (centred * centred).mean(dim=-1, keepdim=True) + norm.eps * inv_k * inv_k
-    # 2**-24, the least float16 > 0: a pixel with no deviation at all gives 0, not 0/0.
-    return centred / torch.sqrt(variance.clamp_min(2.0**-24)) * norm.weight + norm.bias
+    # |x| as relu(x) + relu(-x): CoreML's ML program EP has no Abs. 2**-24, the least
+    # float16 > 0: a row with no deviation at all gives 0, not 0/0.
+    spread = (F.relu(centred) + F.relu(centred * -1.0)).mean(dim=-1, keepdim=True).clamp_min(2.0**-24)
+    unit = centred / spread
+    # eps, in units of the spread; inf when the spread is negligible against eps, and then
+    # the output is 0, which is what the exact value rounds to.
+    eps_root = (norm.eps**0.5) * inv_k / spread
+    # The squares as Muls, not Pows, as in ``delegate_ops.ElementaryLayerNorm``.
+    variance = (unit * unit).mean(dim=-1, keepdim=True) + eps_root * eps_root
+    return unit / torch.sqrt(variance.clamp_min(2.0**-24)) * norm.weight + norm.bias
 
 
 class _FoldedBlock(nn.Module):
