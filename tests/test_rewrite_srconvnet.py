@@ -233,6 +233,21 @@ def test_range_safe_channel_norm_changes_no_bit(small_srconvnet, size):
         assert torch.equal(rewritten(x * 255), small_srconvnet(x * 255))
 
 
+@pytest.mark.parametrize("size", [(8, 8), (17, 23), (32, 32)])
+def test_channel_means_by_conv_match(small_srconvnet, size):
+    """The ONNX form: channel means as 1x1 convs, sums in another order."""
+    from edgesr.rewrite.norm_range import RangeSafeChannelLayerNorm, range_safe_channel_norms
+
+    rewritten = range_safe_channel_norms(small_srconvnet, mean_by_conv=True)
+    norms = [m for m in rewritten.modules() if isinstance(m, RangeSafeChannelLayerNorm)]
+    assert norms and all(m.mean_by_conv for m in norms)
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1)) * 255
+    with torch.no_grad():
+        expected = small_srconvnet(x)
+        got = rewritten(x)
+    assert (got - expected).abs().max().item() <= 1e-5 * (expected.max() - expected.min()).item()
+
+
 def test_range_safe_channel_norm_fits_float16():
     """Deviations of ~1000 (SRConvNet's 0..255 features): the square overflows float16 in
     the official form; the rewritten one stays within 1e-2 of float32 (outputs ~1)."""
