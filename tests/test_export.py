@@ -226,10 +226,27 @@ def test_cli_bad_input_is_one_line(tmp_path):
         assert not out.exists()
 
 
-def test_dynamic_hitsr_refused_up_front(tmp_path):
+@pytest.mark.parametrize("arch", ["hit-srf", "hit-sng"])
+def test_dynamic_hitsr_is_right_at_other_sizes_and_batches(tmp_path, arch):
+    """HiT-SR's any-size graph: reflect padding and crop as in-graph gathers, window counts
+    from the input's shape. The export's own parity check already ran batch 2 at another
+    size; here batch 1 and 3 at sizes that are not multiples of any window."""
+    import onnxruntime as ort
+
+    from edgesr.models.contract import with_unit_range
     from edgesr.models.loading import create
 
-    model = create("hit-srf", 2, embed_dim=16, depths=[1], num_heads=[2])
-    with pytest.raises(EdgeSRError, match="--dynamic is not available for hit-srf"):
-        export(model, "onnx", input_size=(16, 16), dynamic=True, out_dir=tmp_path)
-    assert not any(tmp_path.iterdir())
+    torch.manual_seed(0)
+    model = create(arch, 2, embed_dim=16, depths=[2], num_heads=[1]).eval()
+    report = export(model, "onnx", input_size=(16, 16), dynamic=True, out_dir=tmp_path)
+    assert report.status == "passed", report.parity
+    session = ort.InferenceSession(report.artifact)
+    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    reference = with_unit_range(model).eval()
+    for batch, height, width in [(1, 16, 16), (1, 9, 30), (3, 37, 21)]:
+        x = np.random.default_rng(height).random((batch, 3, height, width), dtype=np.float32)
+        (got,) = session.run(None, {"input": x})
+        with torch.no_grad():
+            expected = reference(torch.from_numpy(x)).numpy()
+        assert got.shape == expected.shape == (batch, 3, 2 * height, 2 * width)
+        assert np.abs(got - expected).max() <= 1e-4

@@ -124,7 +124,8 @@ class Target(ABC):
         """The tensor the conversion traces with (NCHW; ``wrap`` may change the layout)."""
         height, width = options.input_size
         generator = torch.Generator().manual_seed(0)
-        return torch.rand(1, 3, height, width, generator=generator)
+        # torch.export makes an example dim of size 1 a constant: a free batch needs 2.
+        return torch.rand(2 if options.dynamic else 1, 3, height, width, generator=generator)
 
     def wrap(self, module: nn.Module, options: ExportOptions) -> nn.Module:
         """The module as the file will see it (e.g. NHWC permutes); unchanged by default."""

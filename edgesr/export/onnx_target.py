@@ -41,12 +41,12 @@ class OnnxTarget(Target):
         onnx = require("onnx", "onnx", "exporting to ONNX")
         dynamic_shapes = None
         if options.dynamic:
+            # Dim.DYNAMIC, not named Dims: the exporter may refine a range with guards it
+            # cannot prove (HiT-SR's window counts: "(H+7)//8 != 1"), which named Dims turn
+            # into errors; it still fails if a dimension is specialised to a constant.
             side = dict(min=max(options.min_side, 1), max=MAX_DYNAMIC_SIDE)
-            dynamic_shapes = ({
-                0: torch.export.Dim("batch", min=1, max=MAX_DYNAMIC_BATCH),
-                2: torch.export.Dim("height", **side),
-                3: torch.export.Dim("width", **side),
-            },)
+            dynamic = torch.export.Dim.DYNAMIC
+            dynamic_shapes = ({0: dynamic(min=1, max=MAX_DYNAMIC_BATCH), 2: dynamic(**side), 3: dynamic(**side)},)
         try:
             program = torch.onnx.export(
                 module, (example,), dynamo=True, opset_version=OPSET,
@@ -56,6 +56,8 @@ class OnnxTarget(Target):
         except Exception as exc:  # the exporter raises many types; report one line
             raise EdgeSRError(f"ONNX export failed: {first_line(exc)}") from exc
         model = program.model_proto
+        if options.dynamic:
+            _name_free_dims(model, ("batch", None, "height", "width"))
         model = _simplify(model)
         if options.precision == "fp16":
             model = _to_fp16(model)
@@ -105,6 +107,23 @@ def _providers(device: str) -> list[str]:
                 "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu)")
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def _name_free_dims(model, names) -> None:
+    """Give the input's symbolic dims readable names (the exporter writes s0, s73, ...),
+    in every shape of the graph: outputs read e.g. ``2*height``."""
+    import re
+
+    (graph_input,) = model.graph.input
+    renames = {dim.dim_param: name for dim, name in zip(graph_input.type.tensor_type.shape.dim, names)
+               if name and dim.dim_param}
+    if not renames:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, renames)) + r")\b")
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:
+                dim.dim_param = pattern.sub(lambda match: renames[match.group(1)], dim.dim_param)
 
 
 def _simplify(model):

@@ -95,12 +95,6 @@ class ExportReport:
         return None if self.size_bytes is None else self.size_bytes / 1e6
 
 
-# Architectures whose any-size graph does not yet compute the right values, and why.
-_HIT_DYNAMIC = ("its any-size ONNX graph keeps window arithmetic of the traced size "
-                "and is wrong at other sizes")
-DYNAMIC_UNSUPPORTED = {"hit-sir": _HIT_DYNAMIC, "hit-sng": _HIT_DYNAMIC, "hit-srf": _HIT_DYNAMIC}
-
-
 def validate(target: Target, options: ExportOptions, model: nn.Module) -> ExportOptions:
     """Every user error, before any work; returns options with min_side filled in."""
     from edgesr.models.descriptor import describe
@@ -120,9 +114,6 @@ def validate(target: Target, options: ExportOptions, model: nn.Module) -> Export
     except ValueError:
         raise EdgeSRError("the model carries no edgesr descriptor: build it with "
                           "edgesr.load or edgesr.create") from None
-    if options.dynamic and info.arch in DYNAMIC_UNSUPPORTED:
-        raise EdgeSRError(f"--dynamic is not available for {info.arch} yet: {DYNAMIC_UNSUPPORTED[info.arch]}; "
-                          f"export a fixed --input-size (one file per size) instead")
     minimum = minimum_input_size(info.arch, info.hparams)
     for size in [options.input_size, *options.shapes]:
         if min(size) < minimum:

@@ -43,8 +43,8 @@ weights (1.88x; 28-55 MB before), session creation 1.2-1.4 s, ORT 1986 ms (mobil
 graph) and 1438 ms (``--fused-ops``) vs eager 2060 ms: 1.04x and 1.43x (the 2.5x target
 is not met; window transposes and the range scaling's elementwise ops dominate).
 TFLite and CoreML (torch.export + coremltools 9) convert at 64x64.
-Dynamic-shape ONNX export of ``hit_windows_any_size`` runs but is not yet right at
-sizes other than the example (and batch is specialised to 1); the eager module is.
+Dynamic-shape ONNX (``hit_windows_any_size``, exported with a batch-2 example and
+``Dim.DYNAMIC`` ranges) matches PyTorch at sizes and batches other than the example's.
 
 ``fold_hit_windows(model, (H, W))`` is the fixed-size form (no Range/arange ops, no
 shape-dependent Python control flow); ``hit_windows_any_size(model)`` derives padding
