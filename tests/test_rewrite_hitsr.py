@@ -207,6 +207,31 @@ def test_rewritten_hitsrf_stays_in_float16_range() -> None:
     assert psnr >= 60.0, psnr
 
 
+def test_folded_ngram_attention_does_not_overflow_float16() -> None:
+    """HiT-SNG's n-gram attention with q and k of a few hundred: the logits (~1e6)
+    overflow float16 and softmax(inf) is NaN; the folded form forms them from q and k
+    divided by their peaks and matches float64 (a near-argmax softmax) instead."""
+    from edgesr.models.hit_sng import NGramWindowAttention
+    from edgesr.rewrite.hit_windows import FoldedNGramAttention
+
+    generator = torch.Generator().manual_seed(0)
+    attn = NGramWindowAttention(32, 2)
+    with torch.no_grad():
+        attn.relative_position_bias_table.normal_(generator=generator)
+    tokens = torch.randn(64, 4, 32, generator=generator) * 400  # NGRAM x NGRAM = 4 tokens
+    folded = FoldedNGramAttention(attn)
+    with torch.no_grad():
+        expected = copy.deepcopy(attn).double()(tokens.double())
+        as_is = copy.deepcopy(attn).half()(tokens.half())
+        half = copy.deepcopy(folded).half()(tokens.half()).double()
+        single = folded(tokens).double()
+    assert not torch.isfinite(as_is).all()
+    assert torch.isfinite(half).all()
+    spread = (expected.max() - expected.min()).item()
+    assert (single - expected).abs().max().item() <= 1e-5 * spread
+    assert (half - expected).abs().max().item() <= 1e-2 * spread
+
+
 @pytest.mark.parametrize("magnitude", [400.0, 1e-3])
 def test_rescaled_norm_fits_float16_at_any_scale(magnitude: float) -> None:
     """The norm after the folded correlation sees rows of a few hundred (squares past

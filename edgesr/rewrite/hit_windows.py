@@ -154,8 +154,24 @@ class FoldedNGramAttention(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         n, length, channels = tokens.shape
         q, k, v = self.qkv(tokens).view(n, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        attn = ((q * self.scale) @ k.transpose(-2, -1) + self.bias).softmax(dim=-1)
+        # Range: with some weights q and k reach ~1e3 and the logits 1e6, past float16's
+        # 65504 (and softmax of inf is NaN). So the logits are formed from q and k divided
+        # by their peaks (floored at 1: small ones are left alone), their row maximum is
+        # subtracted, and only then is the scale undone: values near the maximum come out
+        # right, far ones overflow to -inf, whose exp is the 0 they round to anyway.
+        q_peak = magnitude_peak(q, (1, q.shape[-1])).clamp_min(1.0)  # (n, heads, length, 1)
+        k_peak = magnitude_peak(k, tuple(k.shape[-2:])).clamp_min(1.0)  # (n, heads, 1, 1)
+        logits = (q / q_peak * self.scale) @ (k / k_peak).transpose(-2, -1) + self.bias / q_peak / k_peak
+        logits = logits - F.max_pool2d(logits, (1, length), (1, length))
+        attn = (logits * q_peak * k_peak).softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(n, length, channels))
+
+
+def magnitude_peak(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """Largest |x| over each ``window`` of the last two axes, by max pooling: NNAPI has
+    no ReduceMax and CoreML's ML program EP no Abs."""
+    # stride given: coremltools' frontend wants it as an explicit argument
+    return F.max_pool2d(F.relu(x) + F.relu(x * -1.0), window, window)
 
 
 class FoldedCorrelation(nn.Module):
