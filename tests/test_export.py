@@ -226,6 +226,17 @@ def test_cli_bad_input_is_one_line(tmp_path):
         assert not out.exists()
 
 
+def test_hitsr_tflite_int8_refused_before_calibration(tmp_path):
+    """LiteRT cannot convert HiT-SR's PT2E int8 graph yet: say so before minutes of
+    calibration, not after them."""
+    from edgesr.models.loading import create
+
+    model = create("hit-sir", 2, embed_dim=16, depths=[1], num_heads=[1])
+    with pytest.raises(EdgeSRError, match="tflite int8 is not available for hit-sir yet.*export fp16 for tflite"):
+        export(model, "tflite", input_size=(16, 16), precision="int8", calib=str(tmp_path), out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("arch", ["hit-srf", "hit-sng"])
 def test_dynamic_hitsr_is_right_at_other_sizes_and_batches(tmp_path, arch):
     """HiT-SR's any-size graph: reflect padding and crop as in-graph gathers, window counts
