@@ -167,11 +167,16 @@ class FoldedNGramAttention(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(n, length, channels))
 
 
+def magnitude(x: torch.Tensor) -> torch.Tensor:
+    """|x| as relu(x) + relu(-x): CoreML's ML program EP has no Abs."""
+    return F.relu(x) + F.relu(x * -1.0)
+
+
 def magnitude_peak(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     """Largest |x| over each ``window`` of the last two axes, by max pooling: NNAPI has
-    no ReduceMax and CoreML's ML program EP no Abs."""
+    no ReduceMax."""
     # stride given: coremltools' frontend wants it as an explicit argument
-    return F.max_pool2d(F.relu(x) + F.relu(x * -1.0), window, window)
+    return F.max_pool2d(magnitude(x), window, window)
 
 
 class FoldedCorrelation(nn.Module):
@@ -262,9 +267,7 @@ class FoldedCorrelation(nn.Module):
     def window_peak(self, qv: torch.Tensor) -> torch.Tensor:
         """Largest |qv| of each window, ``(n, 1, 1)`` in ``partition``'s window order, by
         max pooling: NNAPI has no ReduceMax and CoreML's ML program EP no Abs."""
-        magnitude = F.relu(qv) + F.relu(qv * -1.0)
-        # stride given: coremltools' frontend wants it as an explicit argument
-        per_channel = F.max_pool2d(magnitude, self.window_size, self.window_size)  # (B, C, nh, nw)
+        per_channel = magnitude_peak(qv, self.window_size)  # (B, C, nh, nw)
         batch, channels, rows, cols = per_channel.shape
         peak = F.max_pool2d(per_channel.reshape(batch, 1, channels, rows * cols), (channels, 1), (channels, 1))
         return peak.reshape(-1, 1, 1)
@@ -294,9 +297,8 @@ def rescaled_norm(norm: nn.Module, y: torch.Tensor, inv_k: torch.Tensor) -> torc
     magnitude first; the squares of that lie in [0, C**2] for C channels whatever y's scale.
     """
     centred = y - y.mean(dim=-1, keepdim=True)
-    # |x| as relu(x) + relu(-x): CoreML's ML program EP has no Abs. 2**-24, the least
-    # float16 > 0: a row with no deviation at all gives 0, not 0/0.
-    spread = (F.relu(centred) + F.relu(centred * -1.0)).mean(dim=-1, keepdim=True).clamp_min(2.0**-24)
+    # 2**-24, the least float16 > 0: a row with no deviation at all gives 0, not 0/0.
+    spread = magnitude(centred).mean(dim=-1, keepdim=True).clamp_min(2.0**-24)
     unit = centred / spread
     # eps, in units of the spread; inf when the spread is negligible against eps, and then
     # the output is 0, which is what the exact value rounds to.
