@@ -239,8 +239,8 @@ def test_hitsr_tflite_int8_refused_before_calibration(tmp_path):
 
 @pytest.mark.parametrize("arch", ["hit-srf", "hit-sng"])
 def test_dynamic_hitsr_is_right_at_other_sizes_and_batches(tmp_path, arch):
-    """HiT-SR's any-size graph: reflect padding and crop as in-graph gathers, window counts
-    from the input's shape. The export's own parity check already ran batch 2 at another
+    """HiT-SR's any-size graph: reflect padding as in-graph gathers, window counts from
+    the input's shape. The export's own parity check already ran batch 2 at another
     size; here batch 1 and 3 at sizes that are not multiples of any window."""
     import onnxruntime as ort
 

@@ -14,11 +14,8 @@ from edgesr.errors import EdgeSRError
 
 
 def _load_model(model: Optional[str], arch: Optional[str], weights: Optional[Path], scale: Optional[int]):
-    from edgesr.models.loading import create, get_arch_or_error, load
+    from edgesr.models.loading import load
 
-    if model is None and weights is None and arch is not None and Path(arch).is_file():
-        # ``--model CKPT``: a checkpoint given where an architecture may also go.
-        model, arch = arch, None
     if model is not None and weights is not None:
         raise EdgeSRError("give the checkpoint either as MODEL or as --weights, not both")
     if weights is not None:
@@ -27,9 +24,8 @@ def _load_model(model: Optional[str], arch: Optional[str], weights: Optional[Pat
         return resolve_model(model, scale, arch)
     if arch is None:
         raise EdgeSRError("say what to export: a checkpoint (MODEL or --weights) or an architecture (--model NAME)")
-    if scale is None:
-        raise EdgeSRError(f"--model {arch} without --weights builds random weights: give --scale")
-    return create(get_arch_or_error(arch).name, scale)
+    # ``--model`` alone: an architecture (random weights, needs --scale), a bundled model or a checkpoint.
+    return resolve_model(arch, scale)
 
 
 def _parse_shapes(text: Optional[str]) -> list[tuple[int, int]]:

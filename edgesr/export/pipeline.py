@@ -97,7 +97,8 @@ class ExportReport:
 
 # Exports that produce no usable file yet, refused before calibration rather than after it.
 _HIT_TFLITE_INT8 = ("LiteRT's converter rejects a reshape of the PT2E graph (same-scale constraint), "
-                    "and int8 DIV kernels fail on the range rewrite's divisors, which round to 0")
+                    "and int8 DIV kernels fail on the range rewrite's divisors, which round to 0; "
+                    "export fp16 for tflite, or int8 for onnx")
 NOT_AVAILABLE = {(arch, "tflite", "int8"): _HIT_TFLITE_INT8 for arch in ("hit-sir", "hit-sng", "hit-srf")}
 
 
@@ -122,8 +123,7 @@ def validate(target: Target, options: ExportOptions, model: nn.Module) -> Export
                           "edgesr.load or edgesr.create") from None
     reason = NOT_AVAILABLE.get((info.arch, target.name, options.precision))
     if reason:
-        raise EdgeSRError(f"{target.name} {options.precision} is not available for {info.arch} yet: {reason}; "
-                          f"export fp16 for {target.name}, or int8 for onnx")
+        raise EdgeSRError(f"{target.name} {options.precision} is not available for {info.arch} yet: {reason}")
     minimum = minimum_input_size(info.arch, info.hparams)
     for size in [options.input_size, *options.shapes]:
         if min(size) < minimum:

@@ -265,8 +265,7 @@ class FoldedCorrelation(nn.Module):
         return F.linear(merged[..., :-1], self.proj.weight) + self.proj.bias * inv_k, inv_k
 
     def window_peak(self, qv: torch.Tensor) -> torch.Tensor:
-        """Largest |qv| of each window, ``(n, 1, 1)`` in ``partition``'s window order, by
-        max pooling: NNAPI has no ReduceMax and CoreML's ML program EP no Abs."""
+        """Largest |qv| of each window, ``(n, 1, 1)`` in ``partition``'s window order."""
         per_channel = magnitude_peak(qv, self.window_size)  # (B, C, nh, nw)
         batch, channels, rows, cols = per_channel.shape
         peak = F.max_pool2d(per_channel.reshape(batch, 1, channels, rows * cols), (channels, 1), (channels, 1))
