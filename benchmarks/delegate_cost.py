@@ -15,8 +15,6 @@ On a shared machine timings are noisy: run several times and read the medians.
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import statistics
 import tempfile
@@ -38,25 +36,11 @@ DELEGATE_REWRITES = {"gelu_without_erf", "layernorm_ops", "reflect_pad_slices", 
 def prepared(model, target: str, size: tuple[int, int], delegate: bool):
     from edgesr.rewrite import plan
 
-    rewrites = plan._registered()
-    if importlib.util.find_spec("edgesr.rewrite.hit_windows") and "hit_windows" not in plan.REWRITE_MODULES:
-        # Not yet listed in REWRITE_MODULES: register it before the delegate rewrites.
-        importlib.import_module("edgesr.rewrite.hit_windows")
-        rewrites = list(plan._REWRITES)
-        names = [r.name for r in rewrites]
-        rewrites = ([r for r in rewrites if r.name not in DELEGATE_REWRITES]
-                    + [r for r in rewrites if r.name in DELEGATE_REWRITES])
-        assert len(names) == len(rewrites)
-    kept = [r for r in rewrites if delegate or r.name not in DELEGATE_REWRITES]
+    rewrites = plan._registered()  # imports every rewrite module, in plan order
     saved = list(plan._REWRITES)
     try:
-        plan._REWRITES[:] = kept
-        original = plan._registered
-        plan._registered = lambda: list(plan._REWRITES)
-        try:
-            return plan.prepare_for_export(model, target, size)
-        finally:
-            plan._registered = original
+        plan._REWRITES[:] = [r for r in rewrites if delegate or r.name not in DELEGATE_REWRITES]
+        return plan.prepare_for_export(model, target, size)
     finally:
         plan._REWRITES[:] = saved
 
