@@ -85,7 +85,7 @@ def main() -> int:
                    "latency_fp32_ms": (q.get("latency_ms") or {}).get("fp32"),
                    "speedup": (q.get("latency_ms") or {}).get("speedup_vs_fp32"),
                    "kept_float": (q.get("kept_float") or {}).get("groups"),
-                   "seconds": round(time.perf_counter() - started, 1), "note": q.get("quality_note")}
+                   "seconds": round(time.perf_counter() - started, 1), "note": _note(target, q)}
             try:
                 row["set14"] = measure_psnr(artifact_fn(Path(report.artifact)), set14, tile, "hit-srf").psnr_y
                 row["set14_delta"] = row["set14"] - float_set14
@@ -105,6 +105,13 @@ def _previous(out: Path) -> tuple[list, list]:
         return [], []
     data = json.loads(path.read_text())
     return data["rows"], data["reports"]
+
+
+def _note(target: str, q: dict) -> str | None:
+    if target == "coreml":
+        engine = (q.get("quantized") or {}).get("measured_with", "not measured")
+        return f"PSNR-Y: {engine}; no latency (CoreML runs on macOS only)"
+    return q.get("quality_note")
 
 
 def _fmt(value, spec: str) -> str:
@@ -138,7 +145,7 @@ def _write(out: Path, rows, reports, float_set14: float, tile) -> None:
             f"| {r['label']} | {r['size_mb']:.2f} | {_fmt(r['set5'], '.3f')} | {_fmt(r['set5_delta'], '+.3f')} | "
             f"{_fmt(r.get('set14'), '.3f')} | {_fmt(r.get('set14_delta'), '+.3f')} | "
             f"{_fmt(r['latency_ms'], '.0f')} | {_fmt(r['latency_fp32_ms'], '.0f')} | "
-            f"{_fmt(r['speedup'], '.2f')}x | {', '.join(r['kept_float'] or []) or '-'} |")
+            f"{_fmt(r['speedup'], '.2f')}{'' if r['speedup'] is None else 'x'} | {', '.join(r['kept_float'] or []) or '-'} |")
     notes = [r for r in rows if r.get("note")]
     if notes:
         lines += ["", "Notes:"] + [f"- {r['label']}: {r['note']}" for r in notes]

@@ -197,14 +197,17 @@ def test_tflite_int8_measured_against_float(data, tmp_path):
     assert report.parity["status"] == "passed"
 
 
-@pytest.mark.slow
-def test_coreml_int8_and_w8_are_structurally_valid(data, tmp_path):
-    for precision in ("int8", "w8"):
+def test_coreml_int8_and_w8_are_valid_and_measured_on_the_program(data, tmp_path):
+    from edgesr.coreml_eval import REFERENCE_RUNTIME
+
+    for precision, max_drop in (("w8", 0.1), ("int8", 1.0)):
         report = _export("coreml", precision, data, tmp_path, name=f"m_{precision}")
-        structure = report.quantization["structure"]
-        assert structure["model_type"] == "mlProgram"
-        assert structure["int8_ops"], structure["ops"]
-    assert abs(report.quantization.get("delta_db", 0.0)) < 1.0
+        q = report.quantization
+        assert q["structure"]["model_type"] == "mlProgram"
+        assert q["structure"]["int8_ops"], q["structure"]["ops"]
+        # PSNR-Y of the written ML program (Apple's runtime on macOS), not of PyTorch.
+        assert q["quantized"]["measured_with"] in (REFERENCE_RUNTIME, "MLModel.predict (compute units all)")
+        assert abs(q["delta_db"]) < max_drop, q
 
 
 _CALIBRATION_MEMORY = r"""

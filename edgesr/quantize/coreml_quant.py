@@ -10,9 +10,11 @@
   activations. (coremltools' own CoreMLQuantizer does not import with this PyTorch.)
 - fp16: the target's own conversion.
 
-PSNR-Y: the .mlpackage cannot run on Linux; for int8 the PSNR-Y reported is that of
-the calibrated PT2E model in PyTorch (the same quantization, simulated), and the
-report says so. Structure is checked by reloading the spec and its weights.
+PSNR-Y is measured on the written .mlpackage itself: with ``MLModel.predict`` on macOS,
+elsewhere with edgesr's reference evaluation of the ML program (``edgesr.coreml_eval``,
+the same arithmetic as the program's ops, including its quantize/dequantize and
+``constexpr_*`` weights; not Apple's runtime), and the report names which. Structure is
+checked by reloading the spec.
 """
 from __future__ import annotations
 
@@ -49,7 +51,38 @@ def _pt2e_model(module, example, patches: np.ndarray):
     with torch.no_grad():
         for patch in patches:
             prepared(torch.from_numpy(np.ascontiguousarray(patch[None])))
-    return quantize_pt2e.convert_pt2e(prepared, fold_quantize=True)
+    return _constants_dequantized(quantize_pt2e.convert_pt2e(prepared, fold_quantize=True))
+
+
+def _constants_dequantized(model):
+    """The PT2E model with its per-tensor quantized constants (e.g. the 255 of the
+    0-255 range, LayerNorm epsilons, layer scales) turned back into float constants.
+
+    coremltools folds ``dequantize`` of a constant in the constant's own integer type,
+    so ``q - zero_point`` wraps around in int8: the 255 stored as q = 127 with zero
+    point -128 became -1.0 in the ML program, and the whole output 0. Folding them here,
+    in float, gives the values the PT2E model computes. Weights (per-channel, zero point
+    0: no wrap-around) stay int8.
+    """
+    import functools
+
+    import torch
+
+    dequantize = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    graph = model.graph
+    for node in list(graph.nodes):
+        source = node.args[0] if node.op == "call_function" and node.target is dequantize else None
+        if source is None or source.op != "get_attr":
+            continue
+        stored = functools.reduce(getattr, source.target.split("."), model)
+        name = f"{source.target.replace('.', '_')}_dequantized"
+        model.register_buffer(name, dequantize(stored, *node.args[1:]))
+        with graph.inserting_before(node):
+            node.replace_all_uses_with(graph.get_attr(name))
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    model.recompile()
+    return model
 
 
 def _structure(path: Path) -> dict:
@@ -69,19 +102,24 @@ def _structure(path: Path) -> dict:
             "int8_ops": {k: v for k, v in ops.items() if "quantize" in k or "dequantize" in k}}
 
 
+def _artifact_quality(path: Path, val, tile: tuple[int, int], arch) -> dict:
+    from edgesr.quantize.quality import measure_psnr
+    from edgesr.runtimes.coreml_runner import CoreMLRunner
+
+    runner = CoreMLRunner(path)
+    return {**measure_psnr(runner.run_native, val, tile, arch).to_dict(), "measured_with": runner.engine}
+
+
 def export_quantized(target, module, example, options, destination: Path, work: Path, calib, val,
                      float_quality, arch, stage) -> dict:
     from edgesr.quantize import float_options
-    from edgesr.quantize.quality import measure_psnr
 
     section: dict = {"runtime": "CoreML (macOS only): not run here"}
-    tile = tuple(options.input_size)
     if options.precision == "w8":
         float_path = work / "float.mlpackage"
         target.convert(module, example, float_options(options), float_path)
         _weights_int8(float_path, destination)
         section["method"] = "coremltools.optimize.coreml.linear_quantize_weights: int8 per-channel symmetric"
-        section["quality_note"] = "w8 PSNR-Y needs CoreML (macOS); not measured here"
     elif options.precision == "int8":
         if options.image_io:
             raise EdgeSRError("--image-io with --precision int8 is not supported for coreml yet")
@@ -101,16 +139,11 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         target.convert_program(program, convert_options, destination)
         section["method"] = ("W8A8: PT2E in PyTorch (symmetric per-channel int8 weights, int8 "
                              "activations calibrated on Linux), converted by coremltools")
-        if val is not None:
-            def run(batch: np.ndarray) -> np.ndarray:
-                with torch.no_grad():
-                    return quantized(torch.from_numpy(batch)).float().numpy()
-
-            simulated = measure_psnr(run, val, tile, arch)
-            section["quantized"] = {**simulated.to_dict(), "measured_with": "PT2E model in PyTorch "
-                                    "(same quantization, simulated); CoreML runs only on macOS"}
     else:
         target.convert(module, example, options, destination)
-        section["quality_note"] = f"{options.precision} PSNR-Y needs CoreML (macOS); not measured here"
+    if val is not None:
+        stage(f"PSNR-Y of the {options.precision} ML program on {len(val)} validation image(s)")
+        section["quantized"] = _artifact_quality(destination, val, tuple(options.input_size), arch)
+        section["runtime"] = section["quantized"]["measured_with"]
     section["structure"] = _structure(destination)
     return section

@@ -80,7 +80,8 @@ def latency_ms(run_batch: BatchFn, shape: tuple[int, ...], repeats: int = 5, war
 
 
 def artifact_fn(path) -> BatchFn:
-    """An NCHW batch function over an exported file in its own runtime (.onnx, .tflite)."""
+    """An NCHW batch function over an exported file in its own runtime (.onnx, .tflite;
+    .mlpackage: MLModel.predict on macOS, edgesr's reference evaluator elsewhere)."""
     from pathlib import Path
 
     from edgesr.errors import EdgeSRError
@@ -94,4 +95,8 @@ def artifact_fn(path) -> BatchFn:
         from edgesr.quantize.tflite_quant import interpreter_fn
 
         return interpreter_fn(path)
-    raise EdgeSRError(f"{path.name}: cannot be run here (CoreML runs on macOS only)")
+    if path.suffix == ".mlpackage":
+        from edgesr.runtimes.coreml_runner import CoreMLRunner
+
+        return CoreMLRunner(path).run_native
+    raise EdgeSRError(f"{path.name}: no runtime for this file type")
