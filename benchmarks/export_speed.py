@@ -12,7 +12,12 @@ SRConvNet x4) at 1x3xHxW (default 128x128):
 * onnxruntime fp32 CPU session-creation time and latency, measured in a child process
   whose address space is capped (``--mem-cap-gb``) so a runaway session cannot take
   the machine down, and the ORT output's max |difference| from eager;
-* file size against the fp32 weight bytes.
+* file size against the fp32 weight bytes;
+* with ``--profile``, where the time goes: eager (torch.profiler, self time) and ORT
+  (its node profile) split into convolutions, matrix products and the rest, and the
+  ceiling ``eager ms / ORT conv+matmul ms``: the speed-up ORT would reach if every
+  other op cost nothing. A ceiling under the target says the target cannot be met by
+  graph rewrites on this CPU, only by faster convolution/GEMM kernels.
 
 Prints a markdown table (and writes it with the raw numbers as JSON to ``--out``).
 Not a test: timings depend on the machine and its load; the numbers are medians.
@@ -46,6 +51,7 @@ import json, statistics, sys, time
 import numpy as np
 import onnxruntime as ort
 path, input_path, threads, repeats, warmup = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+profile = sys.argv[6] == "1"
 options = ort.SessionOptions()
 options.intra_op_num_threads = threads
 options.inter_op_num_threads = 1
@@ -63,9 +69,54 @@ for _ in range(repeats):
     out = session.run(None, feed)[0]
     times.append(time.perf_counter() - start)
 np.save(input_path + ".out.npy", out)
+per_op_ms = {}
+if profile:
+    options.enable_profiling = True
+    options.profile_file_prefix = input_path + ".profile"
+    profiled = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    for _ in range(repeats):
+        profiled.run(None, feed)
+    for event in json.load(open(profiled.end_profiling())):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            op = event["args"]["op_name"]
+            per_op_ms[op] = per_op_ms.get(op, 0.0) + event["dur"] / 1000 / repeats
 print(json.dumps({"session_s": created, "ort_ms": 1000 * statistics.median(times),
-                  "ort_ms_all": [1000 * t for t in times]}))
+                  "ort_ms_all": [1000 * t for t in times], "ort_per_op_ms": per_op_ms}))
 """
+
+# Op kinds of the --profile split: ORT op types and aten op names (substrings).
+ORT_KINDS = {"conv": ("Conv", "ConvTranspose", "FusedConv", "NhwcFusedConv"),
+             "matmul": ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")}
+ATEN_KINDS = {"conv": ("convolution", "conv2d", "conv_transpose"),
+              "matmul": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::matmul", "aten::linear")}
+
+
+def _split(per_op_ms: dict, kind_of) -> dict:
+    split = {"conv": 0.0, "matmul": 0.0, "other": 0.0}
+    for op, ms in per_op_ms.items():
+        split[kind_of(op)] += ms
+    return split
+
+
+def _ort_kind(op: str) -> str:
+    return next((kind for kind, ops in ORT_KINDS.items() if op in ops), "other")
+
+
+def _aten_kind(op: str) -> str:
+    return next((kind for kind, names in ATEN_KINDS.items() if any(n in op for n in names)), "other")
+
+
+def _eager_split(module, x, repeats: int, eager_ms: float) -> dict:
+    """Eager time per kind: torch.profiler self times, scaled to the unprofiled median."""
+    import torch
+
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            module(x)
+    per_op = {e.key: e.self_cpu_time_total / 1000 / repeats for e in prof.key_averages()}
+    split = _split(per_op, _aten_kind)
+    total = sum(split.values()) or 1.0
+    return {kind: eager_ms * ms / total for kind, ms in split.items()}
 
 
 def _model(name: str):
@@ -113,7 +164,8 @@ def _export_onnx(prepared, example, size: tuple[int, int], destination: Path) ->
     return time.perf_counter() - start
 
 
-def _ort_child(path: Path, x, threads: int, repeats: int, warmup: int, mem_cap_gb: float) -> dict:
+def _ort_child(path: Path, x, threads: int, repeats: int, warmup: int, mem_cap_gb: float,
+               profile: bool = False) -> dict:
     import numpy as np
 
     input_path = str(path) + ".input.npy"
@@ -125,7 +177,8 @@ def _ort_child(path: Path, x, threads: int, repeats: int, warmup: int, mem_cap_g
 
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     result = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(path), input_path, str(threads), str(repeats), str(warmup)],
+        [sys.executable, "-c", _CHILD, str(path), input_path, str(threads), str(repeats), str(warmup),
+         "1" if profile else "0"],
         capture_output=True, text=True, preexec_fn=limit, env=env, timeout=1800,
     )
     if result.returncode != 0:
@@ -137,7 +190,7 @@ def _ort_child(path: Path, x, threads: int, repeats: int, warmup: int, mem_cap_g
 
 
 def measure(name: str, size: tuple[int, int], threads: int, repeats: int, warmup: int,
-            out_dir: Path, mem_cap_gb: float, form: str = "mobile") -> dict:
+            out_dir: Path, mem_cap_gb: float, form: str = "mobile", profile: bool = False) -> dict:
     import torch
 
     from edgesr.models.contract import with_unit_range
@@ -160,7 +213,7 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, warmup
     row["file_bytes"] = path.stat().st_size
     row["size_ratio"] = row["file_bytes"] / weight_bytes
 
-    ort = _ort_child(path, x, threads, repeats, warmup, mem_cap_gb)
+    ort = _ort_child(path, x, threads, repeats, warmup, mem_cap_gb, profile)
     if "error" in ort:
         row["error"] = ort["error"]
     else:
@@ -174,6 +227,11 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, warmup
     row["eager_ms"] = _eager_ms(eager, x, repeats, warmup)
     if "ort_ms" in row:
         row["speedup"] = row["eager_ms"] / row["ort_ms"]
+    if profile and ort.get("ort_per_op_ms"):
+        ort_split = _split(ort["ort_per_op_ms"], _ort_kind)
+        row["ort_split_ms"] = ort_split
+        row["eager_split_ms"] = _eager_split(eager, x, repeats, row["eager_ms"])
+        row["speedup_ceiling"] = row["eager_ms"] / max(ort_split["conv"] + ort_split["matmul"], 1e-9)
     return row
 
 
@@ -197,6 +255,14 @@ def table(rows: list[dict]) -> str:
             f"| {row['weight_bytes'] / 1e6:.2f} | - | - |"
         )
     notes = [f"- {row['model']}: {row['error']}" for row in rows if "error" in row]
+    for row in rows:
+        if "speedup_ceiling" in row:
+            ort_split, eager_split = row["ort_split_ms"], row["eager_split_ms"]
+            notes.append(
+                f"- {row['model']}: eager conv {eager_split['conv']:.0f} / matmul {eager_split['matmul']:.0f} / "
+                f"other {eager_split['other']:.0f} ms; ORT conv {ort_split['conv']:.0f} / matmul "
+                f"{ort_split['matmul']:.0f} / other {ort_split['other']:.0f} ms (profiled run); ceiling with "
+                f"every non-conv/matmul op free: {row['speedup_ceiling']:.2f}x")
     targets = (f"Targets: ORT >= {TARGET_SPEEDUP}x eager, HiT-SRF ONNX <= {TARGET_SIZE_RATIO}x fp32 weight "
                f"bytes, session creation < {TARGET_SESSION_S} s.")
     return "\n".join(lines + [""] + notes + [targets])
@@ -213,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--forms", default="mobile,fused",
                         help="mobile (default export) and/or fused (edgesr export --fused-ops)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the .onnx files and results.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="split eager and ORT time into conv / matmul / other, with the speed-up ceiling")
     args = parser.parse_args(argv)
 
     import torch
@@ -227,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         for form in forms:
             print(f"[export_speed] {name} ({form}) at {size[0]}x{size[1]} ...", file=sys.stderr, flush=True)
             rows.append(measure(name, size, args.threads, args.repeats, args.warmup, out_dir, args.mem_cap_gb,
-                                form))
+                                form, args.profile))
     text = table(rows)
     print(text)
     (out_dir / "results.json").write_text(json.dumps({"rows": rows, "table": text}, indent=2, default=str))

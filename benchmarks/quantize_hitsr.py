@@ -22,12 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-# (target, precision, extra export options)
+# The layers that feed HiT-SRF's LayerNorms (OnnxQuantizer.node_groups).
+NORM_INPUTS = ("Conv:first", "MatMul:norm-input", "Gemm:norm-input", "Conv:norm-input")
+# target -> [(precision, extra export options, label suffix)]
 PLAN = {
-    "onnx": [("fp32", {}), ("fp16", {}), ("w8", {}), ("int8", {}), ("int8", {"max_psnr_drop": 0.1})],
-    "tflite": [("fp32", {}), ("fp16", {}), ("int8", {})],
-    "coreml": [("fp16", {}), ("w8", {}), ("int8", {})],
+    "onnx": [("fp32", {}, ""), ("fp16", {}, ""), ("w8", {}, ""), ("int8", {}, ""),
+             ("int8", {"keep_float": NORM_INPUTS}, " (norm inputs in float)"),
+             ("int8", {"max_psnr_drop": 0.1}, " (budget 0.1 dB)")],
+    "tflite": [("fp32", {}, ""), ("fp16", {}, ""), ("int8", {}, "")],
+    "coreml": [("fp16", {}, ""), ("w8", {}, ""), ("int8", {}, "")],
 }
+LABELS = [f"{target} {precision}{suffix}" for target, plan in PLAN.items() for precision, _, suffix in plan]
+# docs/quantization.md: what follows this line is written by hand and kept on every run.
+NOTES_MARKER = "<!-- hand-written notes below: kept by benchmarks/quantize_hitsr.py -->"
 
 
 def main() -> int:
@@ -37,6 +44,8 @@ def main() -> int:
     parser.add_argument("--calib-count", type=int, default=64)
     parser.add_argument("--precisions", default="",
                         help="only these precisions (comma-separated); default: every row of the plan")
+    parser.add_argument("--label-contains", default="",
+                        help="only the rows whose label contains this text, e.g. 'norm inputs'")
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of OUT/quantization.json that this run does not redo")
@@ -60,22 +69,29 @@ def main() -> int:
     rows, reports = _previous(args.out) if args.merge else ([], [])
     out_dir = Path(tempfile.mkdtemp(prefix="edgesr-quant-bench-"))
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-        for precision, extra in PLAN[target]:
+        for precision, extra, suffix in PLAN[target]:
             if precisions and precision not in precisions:
                 continue
-            label = f"{target} {precision}" + (" (budget 0.1 dB)" if extra.get("max_psnr_drop") else "")
+            label = f"{target} {precision}{suffix}"
+            if args.label_contains not in label:
+                continue
             rows = [r for r in rows if r["label"] != label]
             reports = [r for r in reports if r.get("label") != label]
             print(f"[bench] {label}", file=sys.stderr, flush=True)
             started = time.perf_counter()
             try:
                 report = export(model, target, input_size=tile, precision=precision, out_dir=out_dir,
-                                name=f"hitnet_{target}_{precision}{'_budget' if extra else ''}",
+                                name="_".join(["hitnet", target, precision, *suffix.strip(" ()").split()]),
                                 calib=str(SHARED / "train" / "BSD200"), calib_count=args.calib_count,
                                 val=str(SHARED / "Set5"), delegate_ready=False, **extra)
             except Exception as exc:  # a row that failed says so in the table
-                rows.append({"label": label, "error": str(exc).splitlines()[0][:200]})
+                rows.append({"label": label, "error": str(exc).splitlines()[0][:400]})
                 print(f"[bench] {label}: {exc}", file=sys.stderr, flush=True)
+                failed = next(out_dir.glob("*.failed.report.json"), None)
+                if failed is not None:  # a missed budget: its search is in the failed report
+                    search = json.loads(failed.read_text()).get("quantization", {}).get("budget")
+                    rows[-1]["note"] = _search_note(search) if search else None
+                    failed.unlink()
                 continue
             q = report.quantization or {}
             row = {"label": label, "size_mb": report.size_bytes / 1e6,
@@ -107,6 +123,12 @@ def _previous(out: Path) -> tuple[list, list]:
     return data["rows"], data["reports"]
 
 
+def _search_note(search: dict) -> str:
+    alone = ", ".join(f"{c['group']} ({c['nodes']}) {c['cost_db']:+.2f}" for c in search["sensitivity"])
+    steps = "; ".join(f"{' + '.join(s['kept_float'])}: {s['delta_db']:+.3f} dB" for s in search["steps"])
+    return (f"cost (dB) of each group quantized alone: {alone}. Float groups added in that order: {steps}")
+
+
 def _note(target: str, q: dict) -> str | None:
     if target == "coreml":
         engine = (q.get("quantized") or {}).get("measured_with", "not measured")
@@ -120,6 +142,9 @@ def _fmt(value, spec: str) -> str:
 
 def _write(out: Path, rows, reports, float_set14: float, tile) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: LABELS.index(r["label"]) if r["label"] in LABELS else len(LABELS))
+    previous = (out / "quantization.md").read_text() if (out / "quantization.md").exists() else ""
+    hand_written = previous.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in previous else "\n"
     float_set5 = next((r["set5_float"] for r in rows if r.get("set5_float") is not None), None)
     lines = [
         "# Quantized exports of HiT-SRF x4 (HiTNet.pth)",
@@ -149,7 +174,8 @@ def _write(out: Path, rows, reports, float_set14: float, tile) -> None:
     notes = [r for r in rows if r.get("note")]
     if notes:
         lines += ["", "Notes:"] + [f"- {r['label']}: {r['note']}" for r in notes]
-    (out / "quantization.md").write_text("\n".join(lines) + "\n")
+    lines += ["", NOTES_MARKER]
+    (out / "quantization.md").write_text("\n".join(lines) + hand_written)
     (out / "quantization.json").write_text(json.dumps({"rows": rows, "reports": reports}, indent=1,
                                                       default=str) + "\n")
 

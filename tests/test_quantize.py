@@ -125,6 +125,34 @@ def test_search_keeps_the_costliest_groups():
     assert tight.met and "most of the network in float" in tight.verdict
 
 
+def test_a_missed_budget_writes_no_artifact_but_reports_what_was_measured(data, tmp_path):
+    """The bundled (trained) demo model loses ~1.3 dB in int8 (its budget search meets
+    0 dB with the first and last Conv in float). Replaying a choice that keeps only the
+    MatMuls in float misses a 0.1 dB budget: refused, with the measurements (minutes
+    on a real model) in the failed report."""
+    from edgesr.cli_common import resolve_model
+    from edgesr.export.pipeline import export
+
+    val = tmp_path / "val"
+    val.mkdir()
+    for seed in (10, 11):  # x4: HR of 128 gives LR tiles of the export size
+        pixels = (natural_image(128, 128, seed).transpose(1, 2, 0) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(val / f"v{seed}.png")
+    out = tmp_path / "out"
+    with pytest.raises(EdgeSRError, match=r"int8 costs \d\.\d+ dB") as caught:
+        export(resolve_model("srconvnet-x4-demo"), "onnx", input_size=SIZE, precision="int8", out_dir=out,
+               calib=data["calib"], calib_count=6, val=str(val), delegate_ready=False, max_psnr_drop=0.1,
+               keep_float=("MatMul",))
+    assert "what was measured is in" in str(caught.value)
+    files = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert files == ["srconvnet_x4_32x32_int8.onnx.failed.report.json"]
+    failed = json.loads((out / files[0]).read_text())
+    q = failed["quantization"]
+    assert failed["status"] == "failed" and not failed["artifact"]
+    assert q["kept_float"]["groups"] == ["MatMul"] and q["delta_db"] < -0.1
+    assert q["delta_db"] == pytest.approx(q["quantized"]["psnr_y"] - q["float"]["psnr_y"], abs=1e-3)
+
+
 class Sensitive(nn.Module):
     """x2 upscaler (bilinear of the image plus a small residual) whose image path goes
     through a tensor with one channel 10^4 times larger than the others: a
@@ -184,6 +212,86 @@ def test_budget_search_finds_the_sensitive_op(data, tmp_path):
     costs = {c.group: c.cost_db for c in result.sensitivity}
     assert max(costs.get("Mul", 0), costs.get("Conv:last", 0)) > 0.5 > costs.get("Conv", 0)
     assert "Conv" not in result.kept_float and "Conv:first" not in result.kept_float
+
+
+class NormFed(nn.Module):
+    """x2 upscaler whose residual goes through two channel normalisations, one as
+    nn.LayerNorm (exported as LayerNormalization) and one written out as x - mean(x).
+    The convs feeding them see rows (pixels) of very different spread, 1 on the left
+    half and 0.01 on the right: a per-tensor int8 range rounds the right half's rows to
+    a few steps, which the norms scale back up to unit size as noise."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.head = nn.Conv2d(3, 8, 3, padding=1)
+        self.to_layer_norm = nn.Conv2d(8, 8, 1, bias=False)
+        self.layer_norm = nn.LayerNorm(8)
+        self.to_channel_norm = nn.Conv2d(8, 8, 1, bias=False)
+        self.plain = nn.Conv2d(8, 8, 1)
+        # one grey channel: PSNR-Y sees all of it
+        self.tail = nn.Conv2d(8, 1, 3, padding=1)
+        with torch.no_grad():
+            self.tail.weight.mul_(0.1)
+
+    def forward(self, x):
+        features = torch.relu(self.head(x))
+        mask = torch.ones_like(x[:, :1])
+        mask[..., x.shape[-1] // 2:] = 0.01
+        normed = self.layer_norm(self.to_layer_norm(features * mask).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        centred = self.to_channel_norm(normed * mask)
+        centred = centred - centred.mean(1, keepdim=True)
+        normed = centred / torch.sqrt((centred * centred).mean(1, keepdim=True) + 1e-6)
+        base = nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        residual = nn.functional.interpolate(self.tail(self.plain(normed)), scale_factor=2, mode="nearest")
+        residual = residual.expand(-1, 3, -1, -1)
+        return (base + residual).clamp(0, 1)
+
+
+def test_layers_feeding_a_norm_are_a_group_and_the_search_keeps_them(data, tmp_path):
+    from edgesr.calibration import load_calibration
+    from edgesr.calibration.validation import ValidationPair, ValidationSet
+    from edgesr.export.base import ExportOptions
+    from edgesr.export.onnx_target import OnnxTarget
+    from edgesr.quantize.budget import search
+    from edgesr.quantize.onnx_quant import COMPUTE_OPS, OnnxQuantizer, session_fn
+    from edgesr.quantize.quality import measure_psnr, torch_batch_fn
+
+    model = NormFed().eval()
+    float_path = tmp_path / "float.onnx"
+    with torch.no_grad():
+        OnnxTarget().convert(model, torch.rand(1, 3, *SIZE), ExportOptions(input_size=SIZE), float_path)
+    quantizer = OnnxQuantizer(float_path, tmp_path / "work", load_calibration(data["calib"], SIZE, count=6, holdout=0),
+                              op_types=COMPUTE_OPS)
+    groups = quantizer.node_groups()
+    weights = {n.name: n.input[1] for n in quantizer.model.graph.node if n.op_type == "Conv"}
+    by_weight = {group: sorted(weights[n].split(".")[0] for n in nodes) for group, nodes in groups.items()}
+    assert by_weight == {"Conv:first": ["head"], "Conv:norm-input": ["to_channel_norm", "to_layer_norm"],
+                         "Conv": ["plain"], "Conv:last": ["tail"]}
+
+    # A random residual is far from any real HR image, so the float model would score
+    # badly and the quantization noise would hide in its error: the HR images here are
+    # the float model's own outputs plus a fixed noise (about 30 dB).
+    noise = np.random.default_rng(0)
+    val = ValidationSet("float model outputs", "test", 2)
+    for seed in (10, 11):
+        lr = natural_image(*SIZE, seed)
+        with torch.no_grad():
+            sr = model(torch.from_numpy(lr[None]))[0].numpy().transpose(1, 2, 0)
+        hr = np.clip(sr + noise.normal(0, 0.03, sr.shape), 0, 1)
+        val.pairs.append(ValidationPair(f"v{seed}", lr.transpose(1, 2, 0), (hr * 255).round().astype(np.uint8)))
+    counter = iter(range(1000))
+
+    def measure(kept):
+        nodes = [n for name in kept for n in groups[name]]
+        path = quantizer.quantize(tmp_path / f"c{next(counter)}.onnx", nodes)
+        return measure_psnr(session_fn(path), val, SIZE).psnr_y
+
+    float_psnr = measure_psnr(torch_batch_fn(model), val, SIZE).psnr_y
+    result = search(groups, measure, float_psnr, measure([]), 0.1)
+    costs = {c.group: c.cost_db for c in result.sensitivity}
+    assert costs["Conv:norm-input"] > 1.0 > costs["Conv"]
+    assert result.met and result.kept_float[0] == "Conv:norm-input"
 
 
 # --- the other targets (slow: litert-torch / coremltools conversions) ----------------

@@ -198,6 +198,11 @@ def _stderr_stage(message: str) -> None:
     print(f"[export] {message}", file=sys.stderr, flush=True)
 
 
+def _options_record(options: ExportOptions) -> dict[str, Any]:
+    return {**asdict(options), "input_size": list(options.input_size),
+            "shapes": [list(s) for s in options.shapes]}
+
+
 def _writable_dir(out_dir: Path) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -324,8 +329,16 @@ def export(
         quantization = None
         with stdout_to_stderr(), torch.inference_mode(False), torch.no_grad():
             if quantize.wanted(options):  # int8/w8, or a PSNR-Y check asked for (--val/--calib)
-                quantization = quantize.convert(chosen, module, chosen.example_input(options), options,
-                                                staged, with_unit_range(model).eval(), info, stage)
+                try:
+                    quantization = quantize.convert(chosen, module, chosen.example_input(options), options,
+                                                    staged, with_unit_range(model).eval(), info, stage)
+                except quantize.BudgetMissed as exc:
+                    # The search took minutes: what it measured goes to the failed report.
+                    _write_json(failed_report_path, {
+                        "status": "failed", "error": str(exc), "target": chosen.name, "artifact": None,
+                        "model": info.to_dict(), "options": _options_record(options),
+                        "quantization": exc.section})
+                    raise EdgeSRError(f"{exc}; what was measured is in {failed_report_path}") from None
             else:
                 chosen.convert(module, chosen.example_input(options), options, staged)
         if not staged.exists():
@@ -356,8 +369,7 @@ def export(
         report = ExportReport(
             status=status, target=chosen.name, artifact=str(final), report=str(report_path),
             size_bytes=_size(staged), model=info.to_dict(),
-            options={**asdict(options), "input_size": list(options.input_size),
-                     "shapes": [list(s) for s in options.shapes]},
+            options=_options_record(options),
             metadata=metadata, rewrites=rewrites,
             parity=parity.to_dict() if parity else None,
             timings_s={k: round(v, 3) for k, v in timings.items()},

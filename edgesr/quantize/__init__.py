@@ -11,7 +11,9 @@ The export pipeline calls two hooks:
 
 Quality gate: a quantized artifact is not held to the fp32 max-abs parity tolerance;
 it is judged by its PSNR-Y against the float model on the validation set, and by
-``--max-psnr-drop`` when given (missed budget: EdgeSRError, nothing written).
+``--max-psnr-drop`` when given (missed budget: ``BudgetMissed``, an EdgeSRError that
+carries the measured section, so that the pipeline can write it to the failed report;
+no artifact is written).
 """
 from __future__ import annotations
 
@@ -30,6 +32,15 @@ LATENCY_NOTE = ("median of {n} runs, batch 1 at the export input size, on this m
 LATENCY_REPEATS = 5
 
 Stage = Callable[[str], None]
+
+
+class BudgetMissed(EdgeSRError):
+    """--max-psnr-drop refused the result; ``section`` is what was measured on the way
+    (the sensitivity analysis and the budget steps), for the failed report."""
+
+    def __init__(self, message: str, section: dict[str, Any]):
+        super().__init__(message)
+        self.section = section
 
 
 def check_options(options, target) -> None:
@@ -126,15 +137,15 @@ def _gate(section: dict[str, Any], options) -> None:
         return
     search = section.get("budget") or {}
     if search.get("verdict") and (not search.get("met") or search.get("float_fraction", 0) > 0.5):
-        raise EdgeSRError(f"--max-psnr-drop {budget:g}: {search['verdict']}; no artifact written "
-                          f"(export fp16, or allow a larger drop)")
+        raise BudgetMissed(f"--max-psnr-drop {budget:g}: {search['verdict']}; no artifact written "
+                           f"(export fp16, or allow a larger drop)", section)
     delta = section.get("delta_db")
     if delta is None:
-        raise EdgeSRError(f"--max-psnr-drop {budget:g}: the quantized artifact could not be measured "
-                          f"here ({section.get('quality_note', 'no runtime')}); no artifact written")
+        raise BudgetMissed(f"--max-psnr-drop {budget:g}: the quantized artifact could not be measured "
+                           f"here ({section.get('quality_note', 'no runtime')}); no artifact written", section)
     if -delta > budget + 1e-9:
-        raise EdgeSRError(f"--max-psnr-drop {budget:g}: {options.precision} costs {-delta:.3f} dB "
-                          f"PSNR-Y on the validation set; no artifact written")
+        raise BudgetMissed(f"--max-psnr-drop {budget:g}: {options.precision} costs {-delta:.3f} dB "
+                           f"PSNR-Y on the validation set; no artifact written", section)
 
 
 def float_options(options):
