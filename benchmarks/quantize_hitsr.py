@@ -85,7 +85,9 @@ def main() -> int:
                                 calib=str(SHARED / "train" / "BSD200"), calib_count=args.calib_count,
                                 val=str(SHARED / "Set5"), delegate_ready=False, **extra)
             except Exception as exc:  # a row that failed says so in the table
-                rows.append({"label": label, "error": str(exc).splitlines()[0][:400]})
+                # (without the failed report's temporary path; its content goes to the notes)
+                message = str(exc).splitlines()[0].split("; what was measured is in")[0]
+                rows.append({"label": label, "error": message[:400]})
                 print(f"[bench] {label}: {exc}", file=sys.stderr, flush=True)
                 failed = next(out_dir.glob("*.failed.report.json"), None)
                 if failed is not None:  # a missed budget: its search is in the failed report
