@@ -50,6 +50,7 @@ OPTION_FLAGS: Mapping[str, str] = {
     "val": "--val",
     "max_psnr_drop": "--max-psnr-drop",
     "keep_float": "--keep-float",
+    "reduce_range": "--reduce-range",
     "int_io": "--int-io",
 }
 QUANT_OPTIONS = frozenset({"calib", "calib_count", "calib_method", "val", "max_psnr_drop", "keep_float"})
@@ -83,6 +84,9 @@ class ExportOptions:
     val: str | None = None
     max_psnr_drop: float | None = None
     keep_float: tuple[str, ...] = ()
+    # ONNX int8 for x86 hosts without VNNI: 7-bit weights, so that onnxruntime's U8S8
+    # kernels cannot saturate their int16 pair sums (edgesr.hostcpu).
+    reduce_range: bool = False
     int_io: bool = False
     device: str = "cpu"
     # Smallest LR side the architecture takes (set by the pipeline, not by the user).

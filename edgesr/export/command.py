@@ -84,6 +84,9 @@ def export_command(
                                                   "onnx int8 keeps the costliest ops in float to meet it."),
     keep_float: Optional[str] = typer.Option(None, "--keep-float", help="onnx int8: op groups/nodes to keep "
                                              "in float (replays a report's choice), comma-separated."),
+    reduce_range: bool = typer.Option(False, "--reduce-range", help="onnx int8: 7-bit weights, for x86 CPUs "
+                                      "with AVX2 but no VNNI, whose U8S8 kernels otherwise saturate "
+                                      "(phones and VNNI CPUs do not need it)."),
     int_io: bool = typer.Option(False, "--int-io", help="tflite int8: 8-bit image input/output."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
@@ -96,7 +99,7 @@ def export_command(
              "calib": str(calib) if calib else None, "calib_count": calib_count if calib_count != 64 else None,
              "calib_method": calib_method if calib_method != "minmax" else None,
              "val": str(val) if val else None, "max_psnr_drop": max_psnr_drop, "int_io": int_io or None,
-             "fused_ops": fused_ops or None,
+             "fused_ops": fused_ops or None, "reduce_range": reduce_range or None,
              "keep_float": tuple(k.strip() for k in keep_float.split(",") if k.strip()) if keep_float else None,
              "shapes": _parse_shapes(shapes) or None}
     network = _load_model(model, arch, weights, scale)

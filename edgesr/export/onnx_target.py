@@ -32,7 +32,7 @@ PROTOBUF_LIMIT = 2**31 - 1
 class OnnxTarget(Target):
     name = "onnx"
     suffix = ".onnx"
-    options = frozenset({"dynamic", "fused_ops"}) | QUANT_OPTIONS
+    options = frozenset({"dynamic", "fused_ops", "reduce_range"}) | QUANT_OPTIONS
     requires = (("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime"))
     runtime = "onnxruntime CPUExecutionProvider"
 

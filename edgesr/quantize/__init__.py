@@ -67,6 +67,8 @@ def check_options(options, target) -> None:
     if options.keep_float and target.name != "onnx":
         raise EdgeSRError(f"--keep-float: {target.name} int8 quantizes every op (the float-op "
                           f"search runs for onnx)")
+    if options.reduce_range and precision != "int8":
+        raise EdgeSRError("--reduce-range applies to --precision int8 (onnxruntime's x86 U8S8 kernels)")
     if options.int_io and precision != "int8":
         raise EdgeSRError("--int-io needs --precision int8 (8-bit image input/output of an int8 graph)")
     if options.calib and not Path(options.calib).is_dir():

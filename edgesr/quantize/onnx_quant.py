@@ -53,13 +53,14 @@ class OnnxQuantizer:
     """One float ONNX graph, pre-processed and calibrated once; ``quantize(keep_float)`` many times."""
 
     def __init__(self, float_path: Path, work: Path, calib: CalibrationSet, method: str = "minmax",
-                 op_types: Sequence[str] | None = None):
+                 op_types: Sequence[str] | None = None, reduce_range: bool = False):
         import onnx
         from onnxruntime.quantization import quant_pre_process
 
         if method not in CALIB_METHODS:
             raise EdgeSRError(f"--calib-method {method!r}: choose {', '.join(CALIB_METHODS)}")
         self.work, self.calib, self.method = Path(work), calib, method
+        self.reduce_range = reduce_range
         # Op types quantized (and whose tensors are calibrated); None: every type
         # onnxruntime can quantize.
         self.op_types = list(op_types) if op_types else None
@@ -142,7 +143,7 @@ class OnnxQuantizer:
                 self.calibrate()
             quantize_static(
                 str(self.pre_path), str(destination), None,
-                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=self.reduce_range,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                 calibrate_method=_method(self.method), nodes_to_exclude=list(keep_float),
                 op_types_to_quantize=self.op_types,
@@ -255,12 +256,21 @@ def _trans_b(node) -> bool:
     return any(a.name == "transB" and a.i == 1 for a in node.attribute)
 
 
-def session_fn(path: Path, threads: int | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """An NCHW batch function over an onnxruntime CPU session (private: no metadata needed)."""
+def session_fn(path: Path, threads: int | None = None, exact: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """An NCHW batch function over an onnxruntime CPU session (private: no metadata needed).
+
+    ``exact``: every graph optimisation off, so that each QDQ node runs as written
+    (DequantizeLinear -> float op -> QuantizeLinear). That is the arithmetic the file
+    specifies (int32 accumulation, up to float rounding) on any host; the default session
+    fuses QDQ into the host's integer kernels, whose results depend on the CPU
+    (``edgesr.hostcpu``: U8S8 saturates on AVX2 without VNNI).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if exact:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = int(threads)
     try:
@@ -289,11 +299,12 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     stage("converting the float graph")
     target.convert(module, example, float_options(options) if options.precision in ("int8", "w8")
                    else options, float_path)
-    section: dict = {"runtime": "onnxruntime CPUExecutionProvider"}
+    section: dict = {"runtime": "onnxruntime CPUExecutionProvider",
+                     "gate": EXACT_GATE if options.precision == "int8" else "onnxruntime CPU, default graph"}
     tile = tuple(options.input_size)
 
-    def psnr_of(path: Path):
-        return measure_psnr(session_fn(path), val, tile, arch) if val is not None else None
+    def psnr_of(path: Path, exact: bool = True):
+        return measure_psnr(session_fn(path, exact=exact), val, tile, arch) if val is not None else None
 
     if options.precision == "w8":
         count = weight_only_int8(float_path, destination)
@@ -302,10 +313,12 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     elif options.precision == "int8":
         stage(f"onnxruntime static quantization (QDQ, per-channel weights, {options.calib_method} "
               f"calibration on {len(calib)} patches)")
-        quantizer = OnnxQuantizer(float_path, work, calib, options.calib_method, op_types=COMPUTE_OPS)
+        quantizer = OnnxQuantizer(float_path, work, calib, options.calib_method, op_types=COMPUTE_OPS,
+                                  reduce_range=options.reduce_range)
         groups = quantizer.node_groups()
+        weights = "7-bit (--reduce-range)" if options.reduce_range else "int8"
         section["method"] = (f"onnxruntime quantize_static, QDQ, {'/'.join(COMPUTE_OPS)} only, per-channel "
-                             f"symmetric int8 weights, uint8 asymmetric activations (U8S8)")
+                             f"symmetric {weights} weights, uint8 asymmetric activations (U8S8)")
         section["preprocessing"] = quantizer.pre_note
         section["groups"] = {name: len(nodes) for name, nodes in groups.items()}
         keep = _resolve_keep_float(options.keep_float, groups)
@@ -343,6 +356,8 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         shutil.copyfile(float_path, destination)
     quality = psnr_of(destination)
     section["quantized"] = quality.to_dict() if quality else None
+    if options.precision == "int8" and quality is not None:
+        section["host_kernels"] = _host_kernel_quality(psnr_of(destination, exact=False), quality)
     shape = (1, 3, *tile)
     stage("latency (onnxruntime CPU)")
     reference_path = float_path if options.precision != "fp32" else destination
@@ -353,6 +368,26 @@ def export_quantized(target, module, example, options, destination: Path, work: 
                              "note": LATENCY_NOTE.format(n=LATENCY_REPEATS)}
     section["size_bytes"] = {"fp32": float_path.stat().st_size, options.precision: destination.stat().st_size}
     return section
+
+
+EXACT_GATE = ("onnxruntime with graph optimisations off: each QDQ node runs as written "
+              "(DequantizeLinear -> float op -> QuantizeLinear), the file's own arithmetic on any host")
+
+
+def _host_kernel_quality(host, exact) -> dict:
+    """The same file on this host's fused integer kernels, beside the exact verdict."""
+    from edgesr import hostcpu
+
+    figure = {"psnr_y": round(host.psnr_y, 4), "vs_exact_db": round(host.psnr_y - exact.psnr_y, 4),
+              "cpu": hostcpu.describe()}
+    if hostcpu.u8s8_saturates():
+        figure["note"] = ("this host has AVX2 without VNNI: onnxruntime's U8S8 kernels sum u8*s8 pairs in "
+                          "int16, which saturates; phones and VNNI CPUs accumulate in int32 (the exact "
+                          "figure). Export with --reduce-range to deploy on such a host")
+    else:
+        figure["note"] = ("this host's int8 kernels accumulate in int32; a CPU with AVX2 but no VNNI "
+                          "saturates U8S8 pair sums (export with --reduce-range for such a host)")
+    return figure
 
 
 def _resolve_keep_float(names, groups: dict[str, list[str]]) -> list[str]:
