@@ -60,6 +60,41 @@ def test_dft_unit_matches_fourier_unit(size: tuple[int, int]) -> None:
             assert error <= 2e-6 * scale, (type(rewritten).__name__, size, error, scale)
 
 
+@pytest.mark.parametrize("size", [(9, 7), (12, 10), (13, 13), (15, 8), (33, 35), (48, 64), (64, 48), (128, 20)])
+@pytest.mark.parametrize("form", ["chosen", "plain"])
+def test_mixed_radix_and_plain_forms_match_fourier_unit(size: tuple[int, int], form: str) -> None:
+    """Every H split of the mixed-radix DFT (and the one-stage form) equals rfft2/irfft2:
+    composite H (two stages, twiddles folded), prime H (one stage), odd/even W, batch 2."""
+    from edgesr.rewrite import dft_plan
+
+    torch.manual_seed(sum(size))
+    unit = FourierUnit(4).eval()
+    with torch.no_grad():
+        unit.conv_layer.weight.copy_(torch.randn_like(unit.conv_layer.weight))
+    x = torch.randn(2, 4, *size) * 10
+    plan = dft_plan.choose(*size) if form == "chosen" else dft_plan.plain(*size)
+    splits = [dft_plan.Plan(size[0], size[1], outer, size[0] // outer)
+              for outer in range(2, size[0]) if size[0] % outer == 0] if form == "chosen" else [plan]
+    with torch.no_grad():
+        expected = unit(x)
+        scale = expected.abs().max().item()
+        for each in {plan, *splits}:
+            error = (DFTFourierUnit(unit, size, each)(x) - expected).abs().max().item()
+            assert error <= 2e-6 * scale, (each.describe(), error, scale)
+
+
+def test_mixed_radix_is_chosen_where_it_takes_fewer_macs() -> None:
+    from edgesr.rewrite import dft_plan
+
+    assert not dft_plan.choose(13, 16).factored  # prime H: one stage
+    big = dft_plan.choose(256, 256)
+    assert big.factored and big.outer * big.inner == 256
+    assert big.transform_macs() < 0.45 * dft_plan.plain(256, 256).transform_macs()
+    assert dft_plan.choose(128, 128).transform_macs() < 0.5 * dft_plan.plain(128, 128).transform_macs()
+    # 5 N log2 N per complex transform: a 128x128 rfft2 of one channel
+    assert dft_plan.fft_flops(128, 128) == pytest.approx(2.5 * 128 * 7 * 128 + 5 * 128 * 7 * 65)
+
+
 def test_dft_unit_keeps_c2r_semantics() -> None:
     # Non-zero imaginary parts in the DC and Nyquist columns (which a random conv
     # produces) are ignored by irfft2; an identity conv with no GELU would hide that.

@@ -36,6 +36,9 @@ class TFLiteTarget(Target):
         return example.permute(0, 2, 3, 1).contiguous() if options.nhwc else example
 
     def wrap(self, module: nn.Module, options: ExportOptions) -> nn.Module:
+        from edgesr.models.contract import with_xnnpack_clamp
+
+        module = with_xnnpack_clamp(module)
         return ChannelsLast(module).eval() if options.nhwc else module
 
     def convert(self, module: nn.Module, example: torch.Tensor, options: ExportOptions,

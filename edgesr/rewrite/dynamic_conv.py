@@ -184,11 +184,11 @@ _MEASURED_FULL: dict[str, tuple[float, float, float, float]] = {
 }
 
 # From the measurements in the module docstring.
-FORM_BY_TARGET = {"onnx": "bank_conv", "tflite": "bank_conv", "coreml": "bank_conv"}
+FORM_BY_TARGET = {"onnx": "bank_conv", "tflite": "bank_conv_mulsum", "coreml": "bank_conv"}
 _WHY = {
     "onnx": "fastest constant-weight form on ORT CPU; mobile EPs need constant conv weights",
-    "tflite": "one constant depthwise conv + matmul; fastest constant-weight form measured, "
-              "delegate-friendly",
+    "tflite": "one constant depthwise conv + Mul + Sum: litert-torch lowers bank_conv's broadcast "
+              "matmul with a BROADCAST_TO that XNNPACK does not take (a partition boundary per conv)",
     "coreml": "one constant depthwise conv + matmul; fastest constant-weight form measured, "
               "ANE-friendly",
 }

@@ -1,0 +1,268 @@
+"""Every exported file against the PyTorch model it came from, timed in one run.
+
+For SRConvNet x4 (official configuration, random weights) and HiT-SRF x4 (the trained
+``../shared/data/weights/HiTNet.pth``) at each ``--sizes`` (default 128 and 256), the
+benchmark exports (or reuses, with ``--cache``) through the library API, exactly as
+``edgesr export`` does (parity gate on):
+
+* ONNX fp32, the default fixed-size graph (the delegate forms) and ``--fused-ops``;
+* TFLite fp32 and fp16 (litert-torch), run in LiteRT with XNNPACK;
+
+then times PyTorch eager and every file **interleaved in one process** (round robin,
+``--repeats`` rounds, same ``--threads``), so that load on the shared machine moves all
+of them alike. Columns: median latency, ratio to eager (> 1: the file is faster), GFLOP
+of the graph (Conv/MatMul/Gemm; TFLite conv/FC/batch-matmul) against the PyTorch
+model's (its FLOP counter, plus torch.fft counted as 5 N log2 N per complex transform),
+XNNPACK partitions and delegated nodes, peak RSS of one inference in a fresh process
+(``edgesr bench``'s child: load + one run; eager measured the same way), export wall
+time and the parity verdict. Prints the CPU's vector extensions with the table and
+writes ``--out`` (markdown + JSON beside it).
+
+    python benchmarks/artifact_speed.py --sizes 128 256 --threads 2 --repeats 5 --cache /tmp/speed-cache
+
+Not a test: the figures depend on the machine; run it with nothing else on the cores.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+HITNET = REPO.parent / "shared" / "data" / "weights" / "HiTNet.pth"
+
+# (label, target, precision, export options)
+ARTIFACTS = (
+    ("ORT fp32 (default graph)", "onnx", "fp32", {}),
+    ("ORT fp32 (--fused-ops)", "onnx", "fp32", {"fused_ops": True}),
+    ("LiteRT fp32 (XNNPACK)", "tflite", "fp32", {}),
+    ("LiteRT fp16 (XNNPACK)", "tflite", "fp16", {}),
+)
+
+
+def _model(name: str):
+    from edgesr.models.loading import create, load
+
+    if name == "hit-srf":
+        if not HITNET.exists():
+            raise SystemExit(f"{HITNET} is missing: HiT-SRF is measured with the trained checkpoint")
+        return load(HITNET).eval(), f"HiT-SRF x4 ({HITNET.name})", HITNET
+    import torch
+
+    torch.manual_seed(0)
+    return create(name, 4).eval(), f"{name} x4 (official config, random weights)", None
+
+
+def _pytorch_gflop(model, size: tuple[int, int]) -> float:
+    """The FLOP counter's convs/matmuls, plus each torch.fft transform at 5 N log2 N."""
+    from edgesr.models.profile import count_macs
+    from edgesr.models.srconvnet import FourierUnit
+    from edgesr.rewrite.dft_plan import fft_flops
+
+    flops = 2.0 * count_macs(model, *size)
+    for unit in model.modules():
+        if isinstance(unit, FourierUnit):  # rfft2 + irfft2 of every channel, at the LR size
+            flops += 2 * unit.conv_layer.in_channels // 2 * fft_flops(*size)
+    return flops / 1e9
+
+
+def _export(model, target: str, precision: str, options: dict, size, out_dir: Path, cache: Path | None):
+    """(artifact path, export seconds, parity status, report rewrites) for one file."""
+    import edgesr
+
+    name = f"{target}_{precision}{'_fused' if options else ''}_{size[0]}x{size[1]}"
+    directory = (cache or out_dir) / name
+    reports = sorted(directory.glob("*.report.json")) if directory.exists() else []
+    if cache and reports:
+        report = json.loads(reports[0].read_text())
+        return Path(report["artifact"]), sum(report["timings_s"].values()), report["parity"]["status"], report
+    started = time.perf_counter()
+    report = edgesr.export(model, target, input_size=size, precision=precision, out_dir=directory,
+                           allow_partial_delegation=True, **options)
+    return Path(report.artifact), time.perf_counter() - started, report.parity["status"], report.to_dict()
+
+
+def _xnnpack_partitions(path: Path, threads: int) -> tuple[int, int, int]:
+    """(XNNPACK partitions, nodes they took, nodes of the graph) after allocate_tensors.
+
+    LiteRT lists the original nodes and then one DELEGATE node per partition; a
+    partition's nodes are those between its input and output tensors."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - LiteRT's only op-level view
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    nodes = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {int(t): i for i, op in enumerate(nodes) for t in op["outputs"]}
+    taken: set[int] = set()
+    for delegate in delegates:
+        boundary = {int(t) for t in delegate["inputs"]}
+        stack = [int(t) for t in delegate["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            node = producer.get(tensor)
+            if tensor in boundary or node is None or node in taken:
+                continue
+            taken.add(node)
+            stack.extend(int(t) for t in nodes[node]["inputs"] if t >= 0)
+    return len(delegates), len(taken), len(nodes)
+
+
+def _graph_gflop(path: Path, size) -> float | None:
+    from edgesr.bench import onnx_macs, tflite_macs
+
+    if path.suffix == ".onnx":
+        macs = onnx_macs(path, *size)
+    else:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        interpreter = Interpreter(model_path=str(path),
+                                  experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter.allocate_tensors()
+        macs = tflite_macs(interpreter)
+    return None if macs is None else 2 * macs / 1e9
+
+
+def _peak_rss_mb(model: str, runtime: str, threads: int, **options) -> float | None:
+    from edgesr.bench import bench
+
+    try:
+        return bench(model, runtime, warmup=0, iters=1, threads=threads, **options).get("peak_rss_mb")
+    except Exception as exc:  # the table says why a figure is missing
+        print(f"  peak RSS of {model} in {runtime} not measured: {exc}", file=sys.stderr)
+        return None
+
+
+def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_dir: Path,
+            cache: Path | None) -> list[dict]:
+    import torch
+
+    from edgesr.models.contract import with_unit_range
+    from edgesr.runtimes import open_runner
+
+    torch.set_num_threads(threads)
+    model, label, checkpoint = _model(name)
+    rows = [{"model": label, "size": f"{size[0]}x{size[1]}", "runtime": "PyTorch eager",
+             "gflop": _pytorch_gflop(model, size)}]
+    runners = {}
+    for runtime_label, target, precision, options in ARTIFACTS:
+        print(f"[{label} {size[0]}x{size[1]}] {runtime_label}: exporting", file=sys.stderr, flush=True)
+        row = {"model": label, "size": f"{size[0]}x{size[1]}", "runtime": runtime_label}
+        try:
+            path, seconds, parity, report = _export(model, target, precision, options, size, out_dir, cache)
+        except Exception as exc:
+            row["error"] = f"export failed: {str(exc).splitlines()[0][:200]}"
+            rows.append(row)
+            continue
+        row.update(artifact=str(path), export_s=seconds, parity=parity, gflop=_graph_gflop(path, size),
+                   size_mb=path.stat().st_size / 1e6,
+                   fourier_form=next((r.get("note", "") for r in report.get("rewrites", [])
+                                      if r.get("name") == "fourier_as_dft"), None))
+        if target == "tflite":
+            row["xnnpack_partitions"], row["delegated_nodes"], row["nodes"] = _xnnpack_partitions(path, threads)
+        runners[runtime_label] = open_runner(path, threads=threads)
+        rows.append(row)
+    eager = with_unit_range(model).eval()
+    x = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    batches = {key: runner.native_input(*size) for key, runner in runners.items()}
+    calls = {"PyTorch eager": lambda: eager(x),
+             **{key: (lambda r=runner, b=batches[key]: r.run_native(b)) for key, runner in runners.items()}}
+    times: dict[str, list[float]] = {key: [] for key in calls}
+    print(f"[{label} {size[0]}x{size[1]}] timing {len(calls)} runtimes interleaved, {repeats} rounds",
+          file=sys.stderr, flush=True)
+    with torch.inference_mode():
+        for call in calls.values():  # warm-up
+            call()
+        for _ in range(repeats):
+            for key, call in calls.items():
+                started = time.perf_counter()
+                call()
+                times[key].append((time.perf_counter() - started) * 1e3)
+    for runner in runners.values():
+        runner.close()
+    eager_ms = statistics.median(times["PyTorch eager"])
+    with tempfile.TemporaryDirectory() as tmp:
+        if checkpoint is None:  # eager RSS from a checkpoint of the same weights, as a user would load it
+            from safetensors.torch import save_file
+
+            checkpoint = Path(tmp) / f"{name}_x4.safetensors"
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+        rows[0]["peak_rss_mb"] = _peak_rss_mb(str(checkpoint), "pytorch", threads, input_size=size)
+    for row in rows:
+        if row["runtime"] in times:
+            row["median_ms"] = statistics.median(times[row["runtime"]])
+            row["vs_eager"] = eager_ms / row["median_ms"]
+            row["gflop_vs_pytorch"] = (row["gflop"] / rows[0]["gflop"]) if row.get("gflop") else None
+            if row.get("artifact"):
+                row["peak_rss_mb"] = _peak_rss_mb(row["artifact"], None, threads)
+    return rows
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def to_markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "",
+             "| model | size | runtime | median ms | vs eager | GFLOP | vs PyTorch | XNNPACK partitions "
+             "(nodes delegated / all) | peak RSS MB | export s | parity |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row.get("error"):
+            lines.append(f"| {row['model']} | {row['size']} | {row['runtime']} | {row['error']} |||||||| ")
+            continue
+        partitions = (f"{row['xnnpack_partitions']} ({row['delegated_nodes']}/{row['nodes']})"
+                      if "xnnpack_partitions" in row else "-")
+        lines.append(
+            f"| {row['model']} | {row['size']} | {row['runtime']} | {_cell(row.get('median_ms'), '.1f')} | "
+            f"{_cell(row.get('vs_eager'), '.2f')}x | {_cell(row.get('gflop'), '.2f')} | "
+            f"{_cell(row.get('gflop_vs_pytorch'), '.2f')}x | {partitions} | {_cell(row.get('peak_rss_mb'), '.0f')} | "
+            f"{_cell(row.get('export_s'), '.0f')} | {row.get('parity', '-')} |")
+    forms = sorted({row["fourier_form"] for row in rows if row.get("fourier_form")})
+    if forms:
+        lines += ["", "Fourier unit form named in the export reports:", ""] + [f"- {form}" for form in forms]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["srconvnet", "hit-srf"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[128, 256])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cache", type=Path, help="reuse the exports found here (and keep new ones)")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "performance.md")
+    args = parser.parse_args(argv)
+
+    from edgesr import __version__, hostcpu
+
+    header = (f"# Speed of the exported files against PyTorch eager\n\n"
+              f"`python benchmarks/artifact_speed.py --sizes {' '.join(map(str, args.sizes))} "
+              f"--threads {args.threads} --repeats {args.repeats}` (edgesr {__version__}). One process, "
+              f"the runtimes interleaved round robin, {args.threads} threads each, median of {args.repeats} "
+              f"rounds, batch 1 fp32 input. CPU: {hostcpu.summary()}. 'vs eager' > 1 means the file runs "
+              f"faster than the PyTorch model. Ratios within one run are what the figures support; the "
+              f"absolute times move with the shared machine's load.")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            for size in args.sizes:
+                rows += measure(name, (size, size), args.threads, args.repeats, Path(tmp), args.cache)
+                text = to_markdown(rows, header)
+                print(text, flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    cpu = hostcpu.describe()
+    args.out.with_suffix(".json").write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1, default=str))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

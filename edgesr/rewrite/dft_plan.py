@@ -1,0 +1,173 @@
+"""The fixed-size 2-D real DFT of SRConvNet's Fourier unit, with a mixed-radix H axis.
+
+Forward, for x of shape (B, C, H, W), Wr = W//2 + 1 (``rfft2(x, norm="ortho")``):
+
+1. W axis (real -> half spectrum), one plain DFT matmul: ``Ar = x @ cos``,
+   ``Ai = x @ -sin``, (W, Wr) each. W is the innermost axis; a second stage on it
+   would need transposes with 8-16-float inner blocks, which onnxruntime runs at
+   ~60 M floats/s (16.9 ms for 1 M floats, against 1.3 ms for a 128x128 transpose):
+   slower than the MACs they save.
+2. H axis (complex), H = H1 * H2 (h = H2*h1 + h2, frequency k = k1 + H1*k2), Cooley-Tukey:
+
+       X[k1 + H1*k2] = sum_h2 exp(-2 pi i (k1 + H1*k2) h2 / H) * sum_h1 exp(-2 pi i h1 k1 / H1) x[H2*h1 + h2]
+
+   a size-H1 DFT over h1 (two left matmuls on Ar and Ai, (2*H1, H1) each, rows
+   (k1, re/im)), then for each k1 a size-H2 transform over h2 with the twiddle
+   exp(-2 pi i k1 h2 / H) folded into its matrix: one batched left matmul with a
+   (H1, 2*H2, 2*H2) constant on the (re/im, h2) rows. H*(H1 + H2) complex MACs per
+   column instead of H*H. H prime or small: one plain (2H, H) matmul pair.
+
+The spectrum is left in digit order (k1 major): the unit applies a per-frequency 1x1
+conv and GELU between the transforms, so any order works as long as the inverse reads
+the same one; one transpose with (H2 * Wr)-float blocks (fast) brings re/im next to
+the channel. The inverse mirrors the forward: per-k1 stage, then the k1 stage, then the
+C2R W matmuls with irfft's column weights (1 for DC and Nyquist, whose imaginary parts
+drop out because their sines are 0, and 2 for the rest).
+
+``choose`` picks the H split with the fewest MACs; ``Plan.describe`` names it for the report.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+
+def _phase(rows: torch.Tensor, cols: torch.Tensor, period: int, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of sign * 2 pi (r*c mod period) / period, in float64 (the integer
+    modulo keeps the angles exact)."""
+    product = (rows[:, None].to(torch.int64) * cols[None, :].to(torch.int64)) % period
+    angle = product.to(torch.float64) * (sign * 2 * math.pi / period)
+    return torch.cos(angle), torch.sin(angle)
+
+
+def _complex_rows(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
+    """A complex (n, m) matrix a as the real (2n, 2m) one that maps [zr; zi] (rows
+    (re/im, index)) to [Re(a z); Im(a z)]."""
+    return torch.cat((torch.cat((re, -im), dim=1), torch.cat((im, re), dim=1)), dim=0)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The transform of an H x W map: H = outer * inner (inner == 1: one plain stage)."""
+
+    height: int
+    width: int
+    outer: int
+    inner: int = 1
+
+    @property
+    def factored(self) -> bool:
+        return self.inner > 1
+
+    @property
+    def half_width(self) -> int:
+        return self.width // 2 + 1
+
+    def describe(self) -> str:
+        split = f"H {self.height}={self.outer}x{self.inner} in two stages" if self.factored \
+            else f"H {self.height} in one stage"
+        return f"{split}, W {self.width} in one stage"
+
+    def transform_macs(self) -> int:
+        """Real MACs of the forward transform of one channel (the inverse costs the same)."""
+        h, w, wr = self.height, self.width, self.half_width
+        along_h = 4 * h * wr * (self.outer + self.inner) if self.factored else 4 * h * h * wr
+        return h * w * 2 * wr + along_h
+
+    def unit_macs(self, channels: int) -> int:
+        """MACs of one Fourier unit: both transforms of every channel and the 2C x 2C conv."""
+        return 2 * channels * self.transform_macs() + (2 * channels) ** 2 * self.height * self.half_width
+
+    # -- constants (float64; the unit stores them as float32) -------------------------
+    def matrices(self) -> dict[str, torch.Tensor]:
+        h, w, wr = self.height, self.width, self.half_width
+        rh, rw = 1.0 / math.sqrt(h), 1.0 / math.sqrt(w)
+        columns = torch.arange(wr)
+        cos_w, sin_w = _phase(torch.arange(w), columns, w, -1.0)  # (W, Wr)
+        single = (columns == 0) | (2 * columns == w)  # DC and Nyquist: no conjugate partner
+        weight = torch.where(single, 1.0, 2.0).to(torch.float64)[:, None]
+        mats = {
+            "fwd_w_re": cos_w * rw, "fwd_w_im": sin_w * rw,
+            # C2R: y = Re(Q exp(+i theta)) = Qr @ (c cos theta) + Qi @ (c sin(-theta))
+            "inv_w_re": cos_w.T * weight * rw, "inv_w_im": sin_w.T * weight * rw,
+        }
+        if not self.factored:
+            cos_h, sin_h = _phase(torch.arange(h), torch.arange(h), h, -1.0)
+            mats["fwd_h_re"] = torch.cat((cos_h, sin_h), dim=0) * rh  # rows (re/im, k), on Ar
+            mats["fwd_h_im"] = torch.cat((-sin_h, cos_h), dim=0) * rh  # on Ai
+            mats["inv_h"] = _complex_rows(cos_h, -sin_h) * rh  # exp(+i theta), (2H, 2H)
+            return mats
+        h1, h2 = self.outer, self.inner
+        cos1, sin1 = _phase(torch.arange(h1), torch.arange(h1), h1, -1.0)  # (k1, h1)
+        # rows (k1, re/im): Re = c Ar - s Ai, Im = s Ar + c Ai
+        mats["fwd_h1_re"] = torch.stack((cos1, sin1), dim=1).reshape(2 * h1, h1) * rh
+        mats["fwd_h1_im"] = torch.stack((-sin1, cos1), dim=1).reshape(2 * h1, h1) * rh
+        inner = torch.arange(h2)
+        forward, inverse = [], []
+        for k1 in range(h1):
+            frequency = k1 + h1 * inner
+            forward.append(_complex_rows(*_phase(frequency, inner, h, -1.0)))  # (k2, h2) with the twiddle
+            inverse.append(_complex_rows(*_phase(inner, frequency, h, 1.0)))  # (h2, k2)
+        mats["fwd_h2"] = torch.stack(forward)  # (H1, 2*H2, 2*H2): rows (re/im, k2), cols (re/im, h2)
+        mats["inv_h2"] = torch.stack(inverse)  # rows (re/im, h2), cols (re/im, k2)
+        cos_back, sin_back = _phase(torch.arange(h1), torch.arange(h1), h1, 1.0)  # (h1, k1)
+        # rows (re/im, h1), cols (k1, re/im)
+        top = torch.stack((cos_back, -sin_back), dim=2).reshape(h1, 2 * h1)
+        bottom = torch.stack((sin_back, cos_back), dim=2).reshape(h1, 2 * h1)
+        mats["inv_h1"] = torch.cat((top, bottom), dim=0) * rh
+        return mats
+
+
+def forward(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> torch.Tensor:
+    """rfft2(x, norm="ortho") as (B, 2C, F, Wr): channel 2c = Re X_c, 2c+1 = Im X_c,
+    the H frequencies in the plan's digit order."""
+    batch, channels, height, _ = x.shape
+    wr = plan.half_width
+    ar, ai = torch.matmul(x, m["fwd_w_re"]), torch.matmul(x, m["fwd_w_im"])  # (B, C, H, Wr)
+    if not plan.factored:
+        spectrum = torch.matmul(m["fwd_h_re"], ar) + torch.matmul(m["fwd_h_im"], ai)  # (B, C, 2H, Wr)
+        return spectrum.reshape(batch, 2 * channels, height, wr)
+    h1, h2 = plan.outer, plan.inner
+    ar = ar.reshape(batch, channels, h1, h2 * wr)
+    ai = ai.reshape(batch, channels, h1, h2 * wr)
+    first = torch.matmul(m["fwd_h1_re"], ar) + torch.matmul(m["fwd_h1_im"], ai)  # rows (k1, re/im)
+    second = torch.matmul(m["fwd_h2"], first.reshape(batch, channels, h1, 2 * h2, wr))  # (.., k1, (re/im, k2), Wr)
+    spectrum = second.reshape(batch, channels, h1, 2, h2 * wr).transpose(2, 3)  # re/im next to the channel
+    return spectrum.reshape(batch, 2 * channels, height, wr)
+
+
+def inverse(z: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> torch.Tensor:
+    """irfft2(., s=(H, W), norm="ortho") of a spectrum laid out as ``forward`` returns it."""
+    batch, channels2, height, wr = z.shape
+    channels = channels2 // 2
+    if plan.factored:
+        h1, h2 = plan.outer, plan.inner
+        digits = z.reshape(batch, channels, 2, h1, h2 * wr).transpose(2, 3)  # (.., k1, re/im, (k2, Wr))
+        second = torch.matmul(m["inv_h2"], digits.reshape(batch, channels, h1, 2 * h2, wr))  # rows (re/im, h2)
+        q = torch.matmul(m["inv_h1"], second.reshape(batch, channels, 2 * h1, h2 * wr))  # rows (re/im, h1)
+    else:
+        q = torch.matmul(m["inv_h"], z.reshape(batch, channels, 2 * height, wr))
+    q = q.reshape(batch, channels, 2 * height, wr)  # slices, not an index: CoreML's EP has no Gather
+    return torch.matmul(q[:, :, :height], m["inv_w_re"]) + torch.matmul(q[:, :, height:], m["inv_w_im"])
+
+
+@lru_cache(maxsize=None)
+def choose(height: int, width: int) -> Plan:
+    """The H split with the fewest MACs (one stage for small or prime H)."""
+    plans = [Plan(height, width, height)]
+    plans += [Plan(height, width, outer, height // outer) for outer in range(2, height) if height % outer == 0]
+    return min(plans, key=lambda plan: (plan.transform_macs(), plan.factored))
+
+
+def plain(height: int, width: int) -> Plan:
+    return Plan(height, width, height)
+
+
+def fft_flops(height: int, width: int) -> float:
+    """Real flops of rfft2 of one channel, counted as 5 N log2 N per complex transform of
+    size N (the usual FFT convention) and half that for the real transform along W."""
+    wr = width // 2 + 1
+    return 2.5 * width * math.log2(max(width, 2)) * height + 5 * height * math.log2(max(height, 2)) * wr
