@@ -357,7 +357,7 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     quality = psnr_of(destination)
     section["quantized"] = quality.to_dict() if quality else None
     if options.precision == "int8" and quality is not None:
-        section["host_kernels"] = _host_kernel_quality(psnr_of(destination, exact=False), quality)
+        section["host_kernels"] = host_kernel_quality(psnr_of(destination, exact=False), quality)
     shape = (1, 3, *tile)
     stage("latency (onnxruntime CPU)")
     reference_path = float_path if options.precision != "fp32" else destination
@@ -374,13 +374,16 @@ EXACT_GATE = ("onnxruntime with graph optimisations off: each QDQ node runs as w
               "(DequantizeLinear -> float op -> QuantizeLinear), the file's own arithmetic on any host")
 
 
-def _host_kernel_quality(host, exact) -> dict:
-    """The same file on this host's fused integer kernels, beside the exact verdict."""
+def host_kernel_quality(host, exact, note: str | None = None) -> dict:
+    """The same file on this host's fused integer kernels, beside the exact verdict
+    (``note``: what the host's kernels do; default: onnxruntime's U8S8 on this CPU)."""
     from edgesr import hostcpu
 
     figure = {"psnr_y": round(host.psnr_y, 4), "vs_exact_db": round(host.psnr_y - exact.psnr_y, 4),
               "cpu": hostcpu.describe()}
-    if hostcpu.u8s8_saturates():
+    if note:
+        figure["note"] = note
+    elif hostcpu.u8s8_saturates():
         figure["note"] = ("this host has AVX2 without VNNI: onnxruntime's U8S8 kernels sum u8*s8 pairs in "
                           "int16, which saturates; phones and VNNI CPUs accumulate in int32 (the exact "
                           "figure). Export with --reduce-range to deploy on such a host")

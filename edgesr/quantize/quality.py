@@ -79,9 +79,11 @@ def latency_ms(run_batch: BatchFn, shape: tuple[int, ...], repeats: int = 5, war
     return float(statistics.median(times))
 
 
-def artifact_fn(path) -> BatchFn:
+def artifact_fn(path, exact: bool = False) -> BatchFn:
     """An NCHW batch function over an exported file in its own runtime (.onnx, .tflite;
-    .mlpackage: MLModel.predict on macOS, edgesr's reference evaluator elsewhere)."""
+    .mlpackage: MLModel.predict on macOS, edgesr's reference evaluator elsewhere).
+    ``exact``: the int8 gate's arithmetic, the same on any host (onnxruntime without
+    graph optimisations; LiteRT's XNNPACK needs nothing different)."""
     from pathlib import Path
 
     from edgesr.errors import EdgeSRError
@@ -90,11 +92,11 @@ def artifact_fn(path) -> BatchFn:
     if path.suffix == ".onnx":
         from edgesr.quantize.onnx_quant import session_fn
 
-        return session_fn(path)
+        return session_fn(path, exact=exact)
     if path.suffix == ".tflite":
         from edgesr.quantize.tflite_quant import interpreter_fn
 
-        return interpreter_fn(path)
+        return interpreter_fn(path)  # XNNPACK: int32 accumulation on every host
     if path.suffix == ".mlpackage":
         from edgesr.runtimes.coreml_runner import CoreMLRunner
 

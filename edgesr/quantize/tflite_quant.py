@@ -26,6 +26,8 @@ from edgesr.errors import EdgeSRError
 from edgesr.export.base import first_line
 
 IO_SCALE = 1.0 / 255.0
+EXACT_GATE = ("LiteRT with XNNPACK: its int8 kernels accumulate in int32 on every CPU (no saturating "
+              "int16 pair sums), so the figure does not depend on the host")
 
 
 def _pt2e_int8(module, example, patches: np.ndarray, nhwc: bool, destination: Path) -> None:
@@ -110,12 +112,17 @@ def _io_description(path: Path) -> dict:
     return described
 
 
-def interpreter_fn(path: Path, nhwc: bool | None = None) -> Callable[[np.ndarray], np.ndarray]:
-    """An NCHW float [0,1] batch function over a LiteRT interpreter (XNNPACK), int I/O included."""
-    from ai_edge_litert.interpreter import Interpreter
+def interpreter_fn(path: Path, nhwc: bool | None = None, builtin: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """An NCHW float [0,1] batch function over a LiteRT interpreter (XNNPACK), int I/O included.
+
+    ``builtin``: LiteRT's builtin kernels without the XNNPACK delegate (what runs where
+    XNNPACK is not linked or a delegate falls back).
+    """
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     try:
-        interpreter = Interpreter(model_path=str(path))
+        kwargs = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} if builtin else {}
+        interpreter = Interpreter(model_path=str(path), **kwargs)
         interpreter.allocate_tensors()
     except Exception as exc:
         raise EdgeSRError(f"{Path(path).name}: LiteRT cannot load this file ({first_line(exc)})") from None
@@ -141,12 +148,24 @@ def interpreter_fn(path: Path, nhwc: bool | None = None) -> Callable[[np.ndarray
     return run
 
 
+def _builtin_kernels(path: Path, nhwc: bool) -> dict:
+    """Whether LiteRT's own int8 kernels (no XNNPACK: NNAPI/GPU fallback, builds without
+    it) load the file; PT2E's int8 LOGISTIC has an output scale they refuse (not 1/256)."""
+    try:
+        interpreter_fn(path, nhwc, builtin=True)
+    except EdgeSRError as exc:
+        return {"runs": False, "error": str(exc).split("(", 1)[-1].rstrip(")")}
+    return {"runs": True}
+
+
 def export_quantized(target, module, example, options, destination: Path, work: Path, calib, val,
                      float_quality, arch, stage) -> dict:
     from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
     from edgesr.quantize.quality import latency_ms, measure_psnr
 
     section: dict = {"runtime": "ai_edge_litert Interpreter (CPU, XNNPACK)"}
+    if options.precision == "int8":
+        section["gate"] = EXACT_GATE
     float_path = work / "float.tflite"
     if options.precision == "int8":
         stage(f"PT2E int8 through litert-torch ({len(calib)} calibration patches)")
@@ -173,6 +192,8 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     tile = tuple(options.input_size)
     quality = measure_psnr(interpreter_fn(destination, options.nhwc), val, tile, arch) if val is not None else None
     section["quantized"] = quality.to_dict() if quality else None
+    if options.precision == "int8":
+        section["builtin_kernels"] = _builtin_kernels(destination, options.nhwc)
     shape = (1, 3, *tile)
     stage("latency (LiteRT CPU)")
     float_ms = latency_ms(interpreter_fn(float_path, options.nhwc), shape, LATENCY_REPEATS)
