@@ -7,7 +7,7 @@ from typing import List, Optional
 import typer
 
 from edgesr import __version__
-from edgesr.cli_common import emit_json, parse_size, resolve_model, stderr_is_terminal, user_errors
+from edgesr.cli_common import check_threads, emit_json, parse_size, resolve_model, stderr_is_terminal, user_errors
 from edgesr.errors import EdgeSRError
 
 app = typer.Typer(
@@ -47,7 +47,7 @@ def info(
 ) -> None:
     """Architecture, scale, parameters, MACs at an input size, input range, source sha256."""
     from edgesr.models.descriptor import describe
-    from edgesr.models.profile import count_macs, trainable_parameters
+    from edgesr.models.profile import check_fits, trainable_parameters
 
     height, width = parse_size(input_size)
     network = resolve_model(model, scale, arch)
@@ -56,7 +56,7 @@ def info(
         parameters=trainable_parameters(network),
         input_size=[height, width],
         output_size=[height * details["scale"], width * details["scale"]],
-        macs=count_macs(network, height, width),
+        macs=check_fits(network, height, width).macs,
     )
     if as_json:
         emit_json(details)
@@ -88,7 +88,7 @@ ARTIFACT_HELP = MODEL_HELP + " Or an exported .onnx/.tflite/.mlpackage file."
 
 def _runtime_options(device: Optional[str], threads: Optional[int], provider: Optional[str],
                      delegate: Optional[str]) -> dict:
-    return {"device": device, "threads": threads, "providers": provider, "delegate": delegate}
+    return {"device": device, "threads": check_threads(threads), "providers": provider, "delegate": delegate}
 
 
 @app.command("eval")
@@ -208,7 +208,7 @@ def bench_command(
         from edgesr.bench_table import bench_matrix, format_table
 
         table = bench_matrix(arch, scale, data=data, input_size=size, out_dir=out, warmup=warmup, iters=iters,
-                             threads=threads, formats=formats.split(",") if formats else None,
+                             threads=check_threads(threads), formats=formats.split(",") if formats else None,
                              show_progress=stderr_is_terminal())
         if as_json:
             emit_json(table)

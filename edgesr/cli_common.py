@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import functools
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,17 +15,37 @@ from edgesr.errors import EdgeSRError
 
 
 def user_errors(command: Callable) -> Callable:
-    """Report EdgeSRError as one line on stderr with exit code 2, no traceback."""
+    """Report EdgeSRError as one line on stderr with exit code 2, no traceback; Ctrl-C
+    and SIGTERM as one line with exit code 130, after the same cleanup (temporary
+    folders, ``.part`` files) that an error runs: SIGTERM is raised as KeyboardInterrupt."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = _interrupt_on_sigterm()
         try:
             return command(*args, **kwargs)
         except EdgeSRError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: stopped, nothing half-written was left behind", err=True)
+            raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM -> KeyboardInterrupt (main thread only); returns the handler it replaced."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def emit_json(payload: Any) -> None:
@@ -38,6 +60,19 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def check_threads(threads: int | None) -> int | None:
+    """--threads: 1 or more, and not so many that the runtime's thread pool cannot start
+    (onnxruntime segfaults at 100000)."""
+    import os
+
+    if threads is None:
+        return None
+    limit = max(64, 4 * (os.cpu_count() or 1))
+    if not 1 <= threads <= limit:
+        raise EdgeSRError(f"--threads {threads}: give 1 to {limit} (this machine has {os.cpu_count()} CPUs)")
+    return threads
+
+
 def parse_size(text: str) -> tuple[int, int]:
     try:
         height, width = (int(part) for part in text.lower().split("x"))
@@ -48,8 +83,13 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
-def resolve_model(model: str, scale: int | None = None, arch: str | None = None):
-    """A checkpoint path, a bundled model's name, or an architecture name (random weights)."""
+# Random-weight models are drawn from this seed unless --seed says otherwise.
+DEFAULT_SEED = 0
+
+
+def resolve_model(model: str, scale: int | None = None, arch: str | None = None, seed: int = DEFAULT_SEED):
+    """A checkpoint path, a bundled model's name, or an architecture name (random weights
+    drawn from ``seed``)."""
     from edgesr.models.loading import create, get_arch_or_error, load
     from edgesr.models.registry import get_arch
     from edgesr.models.bundled import bundled_weights
@@ -65,7 +105,7 @@ def resolve_model(model: str, scale: int | None = None, arch: str | None = None)
         ) from None
     if scale is None:
         raise EdgeSRError(f"{model} is an architecture name: give --scale to build it with random weights")
-    return create(get_arch_or_error(model).name, scale)
+    return create(get_arch_or_error(model).name, scale, seed=seed)
 
 
 def _arch_names() -> list[str]:

@@ -40,11 +40,18 @@ def read_image(path: str | Path) -> LoadedImage:
         with Image.open(path) as image:
             image.load()
             return _from_pil(image)
+    except EdgeSRError as exc:
+        raise EdgeSRError(f"{path}: {exc}") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise EdgeSRError(f"{path}: not a readable image ({exc})") from None
 
 
 def _from_pil(image: Image.Image) -> LoadedImage:
+    if image.mode == "F":
+        return _from_float(np.asarray(image, dtype=np.float32))
+    if image.mode == "I" and _bits_per_sample(image) > 16:
+        raise EdgeSRError(f"{_bits_per_sample(image)}-bit integer samples: edgesr reads "
+                          f"8- and 16-bit integer or 0..1 float images; convert it to 16-bit first")
     if image.mode in ("I;16", "I;16B", "I;16L", "I"):
         # 16-bit greyscale PNGs open as I;16 or I (int holding 0..65535).
         grey = np.asarray(image, dtype=np.float32) / 65535.0
@@ -54,6 +61,26 @@ def _from_pil(image: Image.Image) -> LoadedImage:
     rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
     alpha = np.ascontiguousarray(rgba[..., 3]) if has_alpha else None
     return LoadedImage(np.ascontiguousarray(rgba[..., :3]), alpha, grayscale, 8)
+
+
+def _bits_per_sample(image: Image.Image) -> int:
+    """Bits per sample of a TIFF (tag 258); 16 for the other 'I' images (16-bit PNGs)."""
+    tags = getattr(image, "tag_v2", None)
+    bits = tags.get(258) if tags is not None else None
+    if isinstance(bits, tuple):
+        bits = max(bits)
+    return int(bits) if bits else 16
+
+
+def _from_float(grey: np.ndarray) -> LoadedImage:
+    """A float image (TIFF mode F) is read as 0..1 intensities, as float images are stored."""
+    finite = grey[np.isfinite(grey)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    if finite.size != grey.size or low < -1e-3 or high > 1.0 + 1e-3:
+        raise EdgeSRError(f"float samples {low:g}..{high:g}{' and NaN/Inf' if finite.size != grey.size else ''}: "
+                          f"edgesr reads float images as 0..1 intensities; scale it to 0..1 first")
+    grey = np.clip(grey, 0.0, 1.0)
+    return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

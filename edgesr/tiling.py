@@ -92,6 +92,9 @@ def zero_zone(overlap: int) -> int:
 def check_tiling(tile: int | tuple[int, int], overlap: int, min_tile: int = 1) -> None:
     """One-line errors for a tile that cannot work."""
     sides = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    for side in sides:  # first: a bad tile also makes the default overlap (derived from it) bad
+        if side < 1:
+            raise EdgeSRError(f"--tile {side}: give a tile side of 1 or more LR pixels (0: no tiling)")
     if overlap < 0:
         raise EdgeSRError(f"--overlap {overlap}: must be 0 or more")
     for side in sides:

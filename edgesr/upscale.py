@@ -157,7 +157,24 @@ def collect_jobs(inputs: list[Path], out: Path) -> list[tuple[Path, Path]]:
         if not found:
             raise EdgeSRError(f"{root}: no images found (looked for png, jpg, bmp, tif, webp)")
         jobs += [(source, output_path(source, root, out, None)) for source in found]
+    _refuse_collisions(jobs)
     return jobs
+
+
+def _refuse_collisions(jobs: list[tuple[Path, Path]]) -> None:
+    """A user's file is never overwritten: an output that is one of the inputs, or two
+    inputs that map to one output name, is refused before any work."""
+    sources = {source.resolve(): source for source, _ in jobs}
+    claimed: dict[Path, Path] = {}
+    for source, target in jobs:
+        resolved = target.resolve()
+        if resolved in sources:
+            raise EdgeSRError(f"-o {target.parent}: the output {target} would overwrite the input "
+                              f"{sources[resolved]}; choose another output folder")
+        if resolved in claimed and claimed[resolved].resolve() != source.resolve():
+            raise EdgeSRError(f"{claimed[resolved]} and {source} would both be written to {target}; "
+                              f"upscale them into different output folders")
+        claimed[resolved] = source
 
 
 def upscale_files(upscaler: OpenedUpscaler, jobs: list[tuple[Path, Path]], out: Path,

@@ -25,8 +25,12 @@ def snippet_command(
 
     if not artifact.exists():
         raise EdgeSRError(f"{artifact}: no such file")
+    facts = read_facts(artifact)
+    if "edgesr.arch" not in facts.metadata:
+        raise EdgeSRError(f"{artifact.name}: no edgesr metadata (edgesr.* keys), so nothing says it is an RGB "
+                          f"upscaler or how to feed it; snippets are for files that edgesr export wrote")
     if lang is None:
-        available = list(kinds_for(read_facts(artifact).format))
+        available = list(kinds_for(facts.format))
         if len(available) != 1:
             raise EdgeSRError(f"{artifact.name}: give --lang ({' or '.join(available)})")
         lang = available[0]

@@ -9,11 +9,12 @@ from typing import Optional
 
 import typer
 
-from edgesr.cli_common import emit_json, parse_size, resolve_model, user_errors
+from edgesr.cli_common import DEFAULT_SEED, emit_json, parse_size, resolve_model, user_errors
 from edgesr.errors import EdgeSRError
 
 
-def _load_model(model: Optional[str], arch: Optional[str], weights: Optional[Path], scale: Optional[int]):
+def _load_model(model: Optional[str], arch: Optional[str], weights: Optional[Path], scale: Optional[int],
+                seed: int):
     from edgesr.models.loading import load
 
     if model is not None and weights is not None:
@@ -21,11 +22,11 @@ def _load_model(model: Optional[str], arch: Optional[str], weights: Optional[Pat
     if weights is not None:
         return load(weights, scale=scale, model=arch)
     if model is not None:
-        return resolve_model(model, scale, arch)
+        return resolve_model(model, scale, arch, seed)
     if arch is None:
         raise EdgeSRError("say what to export: a checkpoint (MODEL or --weights) or an architecture (--model NAME)")
     # ``--model`` alone: an architecture (random weights, needs --scale), a bundled model or a checkpoint.
-    return resolve_model(arch, scale)
+    return resolve_model(arch, scale, seed=seed)
 
 
 def _parse_shapes(text: Optional[str]) -> list[tuple[int, int]]:
@@ -88,6 +89,9 @@ def export_command(
                                       "with AVX2 but no VNNI, whose U8S8 kernels otherwise saturate "
                                       "(phones and VNNI CPUs do not need it)."),
     int_io: bool = typer.Option(False, "--int-io", help="tflite int8: 8-bit image input/output."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="Random weights (an architecture name, no "
+                             "checkpoint): the torch seed they are drawn from, written into the metadata; "
+                             "the same seed gives a byte-identical file."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
 ) -> None:
     """Export to ONNX, TFLite or CoreML, check it against PyTorch, write a report beside it."""
@@ -102,7 +106,7 @@ def export_command(
              "fused_ops": fused_ops or None, "reduce_range": reduce_range or None,
              "keep_float": tuple(k.strip() for k in keep_float.split(",") if k.strip()) if keep_float else None,
              "shapes": _parse_shapes(shapes) or None}
-    network = _load_model(model, arch, weights, scale)
+    network = _load_model(model, arch, weights, scale, seed)
     report = export(network, target, input_size=size, precision=precision, dynamic=dynamic,
                     out_dir=out, name=name, check=not no_check, device=device,
                     delegate_ready=delegate_ready, allow_partial_delegation=allow_partial_delegation,
@@ -114,7 +118,8 @@ def export_command(
     total = sum(report.timings_s.values())
     typer.echo(f"wrote {report.artifact} ({report.size_mb:.2f} MB) in {total:.1f} s")
     weights_note = (f"weights {info['source']} (sha256 {info['sha256'][:12]}…)" if info.get("sha256")
-                    else "random weights (no --weights): fine for checking conversion, not for inference")
+                    else f"random weights (seed {info.get('seed')}, no --weights): fine for checking "
+                         f"conversion, not for inference")
     typer.echo(f"model: {info['arch']} x{info['scale']}, {weights_note}")
     if report.rewrites:
         typer.echo("rewrites: " + ", ".join(r.get("name", "?") for r in report.rewrites))

@@ -150,6 +150,41 @@ def _prepare(model: nn.Module, target: str, options: ExportOptions) -> tuple[nn.
     return prepared, list(getattr(prepared, "edgesr_rewrites", []) or [])
 
 
+WORK_PREFIX = ".edgesr-export-"
+
+
+def _remove_stale_work_folders(out: Path) -> None:
+    """Temporary folders of exports whose process is gone (killed with SIGKILL, a crash):
+    they are named ``.edgesr-export-<pid>-*``, and a live pid's folder is left alone."""
+    for folder in out.glob(f"{WORK_PREFIX}*"):
+        pid = folder.name[len(WORK_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _refuse_non_finite_reference(model: nn.Module, options: ExportOptions) -> None:
+    """A model whose own output is NaN/Inf (diverged weights that are finite) would export
+    and pass a parity check against itself: refused before conversion."""
+    from edgesr.models.contract import with_unit_range
+
+    probe = torch.rand(1, 3, *options.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        output = with_unit_range(model).eval()(probe)
+    if not bool(torch.isfinite(output).all()):
+        raise EdgeSRError("the PyTorch model's output on a random input holds NaN/Inf: its weights are "
+                          "broken (diverged training?); nothing exported")
+
+
 def build_metadata(info, options: ExportOptions, rewrites: list[dict]) -> dict[str, str]:
     from edgesr import __version__
 
@@ -163,10 +198,13 @@ def build_metadata(info, options: ExportOptions, rewrites: list[dict]) -> dict[s
         "edgesr.layout": options.layout,
         "edgesr.value_range": VALUE_RANGE,
         "edgesr.version": __version__,
-        "edgesr.source_sha256": info.sha256 or "none (random initialisation)",
+        "edgesr.source_sha256": info.sha256 or (f"none (random initialisation, seed {info.seed})"
+                                                if info.seed is not None else "none (random initialisation)"),
         "edgesr.precision": options.precision,
         "edgesr.rewrites": ",".join(r.get("name", "?") for r in rewrites) or "none",
     }
+    if info.seed is not None and not info.sha256:
+        metadata["edgesr.seed"] = str(info.seed)
     if options.image_io:
         metadata["edgesr.value_range"] = "RGB image in and out (8-bit pixels; the network sees [0,1])"
     if options.shapes:
@@ -293,6 +331,9 @@ def export(
                             dynamic=bool(dynamic), shapes=shapes, device=str(device),
                             **{k: v for k, v in target_options.items() if v is not None})
     options = validate(chosen, options, model)
+    from edgesr.models.profile import check_fits
+
+    check_fits(model, *options.input_size)
     if delegate_ready and options.fused_ops:
         raise EdgeSRError("--fused-ops keeps ops that NNAPI rejects (a split graph): "
                           "drop --delegate-ready or --fused-ops")
@@ -313,12 +354,14 @@ def export(
     notes: list[str] = []
     if info.sha256 is None:
         notes.append("random weights (no checkpoint): useful to check conversion, not for inference")
-    work = Path(tempfile.mkdtemp(prefix=".edgesr-export-", dir=out))
+    _remove_stale_work_folders(out)
+    work = Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{os.getpid()}-", dir=out))
     try:
         started = time.perf_counter()
         stage(f"preparing {info.arch} x{info.scale} for {chosen.name}")
         prepared, rewrites = _prepare(model, chosen.name, options)
         module = chosen.wrap(with_unit_range(prepared), options).eval()
+        _refuse_non_finite_reference(model, options)
         timings["prepare"] = time.perf_counter() - started
 
         started = time.perf_counter()

@@ -20,6 +20,8 @@ class ModelInfo:
     sha256: str | None = None
     # Which part of the checkpoint file the weights came from ("params_ema", "module.", ...).
     layout: str | None = None
+    # Random initialisation: the torch seed the weights were drawn with (None: not seeded).
+    seed: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -51,6 +51,9 @@ def _read_torch_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc) and not _looks_like_torch_file(path):
+            raise EdgeSRError(f"{path}: not a PyTorch checkpoint (neither the zip archive torch.save "
+                              f"writes nor a pickle)") from None
         reason = str(exc).splitlines()[0] if "GLOBAL" not in str(exc) else _unsafe_global(exc)
         raise EdgeSRError(
             f"{path}: refusing to unpickle this checkpoint: it holds Python objects beyond "
@@ -62,6 +65,13 @@ def _read_torch_file(path: Path) -> Any:
         raise EdgeSRError(
             f"{path}: not a readable PyTorch checkpoint (truncated or another file type: {first})"
         ) from None
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive; older files are a pickle (protocol 2+ marker 0x80)."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def _unsafe_global(exc: Exception) -> str:
@@ -84,6 +94,21 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
+def _stated_metadata(metadata: dict[str, str], path: Path) -> dict[str, Any]:
+    """edgesr's own metadata entry of a .safetensors file (a JSON object), if present."""
+    if META_KEY not in metadata:
+        return {}
+    try:
+        stated = json.loads(metadata[META_KEY])
+    except json.JSONDecodeError as exc:
+        raise EdgeSRError(f"{path}: its {META_KEY!r} metadata is not valid JSON ({exc.msg}); "
+                          f"re-save the weights or remove that entry") from None
+    if not isinstance(stated, dict):
+        raise EdgeSRError(f"{path}: its {META_KEY!r} metadata is a {type(stated).__name__}, not a JSON "
+                          f"object; re-save the weights or remove that entry")
+    return stated
+
+
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
     """Find the state dict inside a training framework's checkpoint dict."""
     if not isinstance(obj, Mapping):
@@ -103,7 +128,17 @@ def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], str, dict[st
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
         layout += " (module.-prefixed)"
+    _refuse_non_finite(tensors, path)
     return tensors, layout, stated
+
+
+def _refuse_non_finite(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """NaN/Inf weights would load, export and upscale to garbage without a word."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise EdgeSRError(f"{path}: tensor {name!r} holds {bad} NaN/Inf value(s); the checkpoint is "
+                              f"damaged (or saved from a diverged training run): use another one")
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -114,7 +149,7 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
         return _read_hub_directory(path)
     if path.suffix == ".safetensors":
         tensors, metadata = _read_safetensors(path)
-        stated = json.loads(metadata[META_KEY]) if META_KEY in metadata else {}
+        stated = _stated_metadata(metadata, path)
         state_dict, layout, _ = _unwrap(tensors, path)
         return Checkpoint(state_dict, "safetensors " + layout, sha256_of(path), path, stated)
     if path.suffix in TORCH_SUFFIXES:
@@ -242,14 +277,47 @@ def load(
     return attach(network.eval(), info)
 
 
-def create(name: str, scale: int, **hparams: Any) -> nn.Module:
-    """A randomly initialised model of a registered architecture (eval mode)."""
+def create(name: str, scale: int, seed: int | None = None, **hparams: Any) -> nn.Module:
+    """A randomly initialised model of a registered architecture (eval mode).
+
+    ``seed``: draw the weights from that torch seed (the caller's RNG state is left as it
+    was), so that the same call gives the same weights and a byte-identical export."""
     spec = get_arch_or_error(name)
     if scale not in spec.scales:
         raise EdgeSRError(f"{spec.name} has no x{scale}; choose one of {spec.scales}")
+    _check_hparam_types(spec, hparams)
     merged = {**spec.defaults, **hparams}
-    network = _build(spec, scale, merged)
-    return attach(network.eval(), ModelInfo(spec.name, scale, merged, spec.input_range))
+    if seed is None:
+        network = _build(spec, scale, merged)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            network = _build(spec, scale, merged)
+    return attach(network.eval(), ModelInfo(spec.name, scale, merged, spec.input_range, seed=seed))
+
+
+def _check_hparam_types(spec: ArchSpec, hparams: dict[str, Any]) -> None:
+    """A value of another kind than the default's (dim=abc) is named before the build
+    fails somewhere inside with a message about something else."""
+    for key, value in hparams.items():
+        default = spec.defaults.get(key)
+        if default is None:
+            continue
+        numeric = (int, float)
+        if isinstance(default, bool) or isinstance(value, bool):
+            ok = isinstance(value, bool) == isinstance(default, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int)
+        elif isinstance(default, float):
+            ok = isinstance(value, numeric)
+        elif isinstance(default, (list, tuple)):
+            ok = isinstance(value, (list, tuple))
+        else:
+            ok = True
+        if not ok:
+            kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(default), "a list")
+            raise EdgeSRError(f"{spec.name}: {key}={value!r} is not valid; {key} takes {kind} "
+                              f"(default {default!r})")
 
 
 def _build(spec: ArchSpec, scale: int, hparams: dict[str, Any]) -> nn.Module:

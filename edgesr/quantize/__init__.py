@@ -51,6 +51,9 @@ def check_options(options, target) -> None:
     if precision == "int8" and not options.calib:
         raise EdgeSRError("--precision int8 needs --calib DIR: a folder of images to calibrate "
                           "activation ranges on")
+    if options.calib and precision == "fp32":
+        raise EdgeSRError("--calib: an fp32 export has no ranges to calibrate; drop --calib (give --val DIR "
+                          "to measure its PSNR-Y), or export --precision int8")
     if options.calib_count < 1:
         raise EdgeSRError(f"--calib-count {options.calib_count}: give at least 1")
     if options.calib_method not in CALIB_METHODS:
@@ -73,6 +76,12 @@ def check_options(options, target) -> None:
         raise EdgeSRError("--int-io needs --precision int8 (8-bit image input/output of an int8 graph)")
     if options.calib and not Path(options.calib).is_dir():
         raise EdgeSRError(f"--calib {options.calib}: no such folder")
+    if options.calib:
+        from edgesr.imageio import IMAGE_SUFFIXES
+
+        if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in Path(options.calib).rglob("*")):
+            raise EdgeSRError(f"--calib {options.calib}: no images in it ({', '.join(IMAGE_SUFFIXES)}, "
+                              f"subfolders included)")
     if options.val and not Path(options.val).exists():
         raise EdgeSRError(f"--val {options.val}: no such folder")
 

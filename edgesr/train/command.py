@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from edgesr.cli_common import user_errors
+from edgesr.cli_common import check_threads, user_errors
 from edgesr.errors import EdgeSRError
 
 
@@ -81,6 +81,6 @@ def train_command(
         model=model, scale=scale, data=data, out=out, val=val, iters=iters, batch=batch, patch=patch,
         lr=lr, milestones=parse_milestones(milestones), init=init, resume=resume, ema=ema,
         val_every=val_every, save_every=save_every, log_every=log_every, workers=workers, seed=seed,
-        hparams=parse_hparams(hparam), device=device, amp=amp, threads=threads,
+        hparams=parse_hparams(hparam), device=device, amp=amp, threads=check_threads(threads),
     )
     train(config)

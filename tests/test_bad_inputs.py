@@ -1,0 +1,205 @@
+"""Bad and unusual inputs through the CLI: each is one line on stderr, exit code 2, no
+traceback, and the output folder exactly as it was (the user's files untouched)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from edgesr.cli import app
+from edgesr.models.loading import save_checkpoint
+
+runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Every bad (and a few good) input files the cases below refer to by name."""
+    from edgesr.models.loading import create
+
+    small_srconvnet = create("srconvnet", 2, seed=0, dim=16, num_blocks=1, num_heads=2, num_kernels=4)
+    root = tmp_path_factory.mktemp("bad")
+    good = save_checkpoint(small_srconvnet, root / "good.safetensors")
+    (root / "random.pth").write_bytes(np.random.default_rng(0).bytes(4096))
+    (root / "truncated.safetensors").write_bytes(good.read_bytes()[:200])
+    (root / "empty.pth").write_bytes(b"")
+    header = json.dumps({"__metadata__": {"edgesr": "{not json"},
+                         "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    (root / "bad-metadata.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    state = {k: v.clone() for k, v in small_srconvnet.state_dict().items()}
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.numel() > 1)
+    state[name].view(-1)[1] = float("nan")
+    torch.save(state, root / "nan.pth")
+
+    import argparse  # a checkpoint that needs arbitrary unpickling (a class outside the allow-list)
+
+    torch.save({"model": argparse.Namespace(weight=torch.zeros(2))}, root / "pickled.pth")
+    photos = root / "photos"
+    photos.mkdir()
+    pixels = (np.random.default_rng(1).random((12, 12, 3)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(photos / "photo.png")
+    for side in ("a", "b"):
+        (root / side).mkdir()
+        Image.fromarray(pixels).save(root / side / "x.png")
+    Image.fromarray(np.full((8, 8), 200.0, np.float32), mode="F").save(root / "float255.tif")
+    Image.fromarray((np.arange(64, dtype=np.int32) * 100000).reshape(8, 8), mode="I").save(root / "int32.tif")
+    (root / "not-an-image.png").write_bytes(b"not a png")
+    (root / "empty-folder").mkdir()
+    (root / "train-images").mkdir()
+    Image.fromarray((np.random.default_rng(2).random((128, 128, 3)) * 255).astype(np.uint8)).save(
+        root / "train-images" / "t.png")
+    tiny = root / "hr-only"
+    (tiny / "HR").mkdir(parents=True)
+    Image.fromarray(pixels[:3, :3]).save(tiny / "HR" / "tiny.png")
+    _onnx_without_metadata(root / "foreign.onnx")
+    return root
+
+
+def _onnx_without_metadata(path: Path) -> None:
+    conv = torch.nn.Conv2d(3, 12, 3, padding=1).eval()
+    with torch.no_grad():
+        torch.onnx.export(conv, (torch.rand(1, 3, 8, 8),), str(path), dynamo=False)
+
+
+CASES = {
+    "random bytes as .pth": (["info", "{random.pth}"], "not a PyTorch checkpoint"),
+    "empty .pth": (["info", "{empty.pth}"], "not a"),
+    "truncated safetensors": (["info", "{truncated.safetensors}"], "not a readable safetensors"),
+    "malformed metadata": (["info", "{bad-metadata.safetensors}"], "metadata is not valid JSON"),
+    "pickled objects": (["info", "{pickled.pth}"], "refusing to unpickle"),
+    "NaN weights": (["info", "{nan.pth}"], "NaN/Inf"),
+    "huge input size": (["info", "{good.safetensors}", "--input-size", "99999x99999"], "GiB"),
+    "bad input size": (["info", "{good.safetensors}", "--input-size", "0x5"], "positive"),
+    "export huge size": (["export", "{good.safetensors}", "--target", "onnx", "--input-size", "99999x99999",
+                          "--out", "{out}"], "GiB"),
+    "negative threads upscale": (["upscale", "{photos}", "--model", "{good.safetensors}", "-o", "{out}",
+                                  "--threads", "-1"], "--threads -1"),
+    "zero threads bench": (["bench", "{good.safetensors}", "--threads", "0"], "--threads 0"),
+    "too many threads": (["upscale", "{photos}", "--model", "{good.safetensors}", "-o", "{out}",
+                          "--threads", "100000"], "--threads 100000"),
+    "negative threads eval": (["eval", "{good.safetensors}", "--data", "{hr-only}", "--threads", "-2"],
+                              "--threads -2"),
+    "output over the input": (["upscale", "{photos}/photo.png", "--model", "{good.safetensors}", "-o",
+                               "{photos}"], "would overwrite the input"),
+    "two inputs one output": (["upscale", "{a}/x.png", "{b}/x.png", "--model", "{good.safetensors}", "-o",
+                               "{out}"], "would both be written"),
+    "negative tile": (["upscale", "{photos}", "--model", "{good.safetensors}", "-o", "{out}", "--tile", "-5"],
+                      "--tile -5"),
+    "float TIFF out of range": (["upscale", "{float255.tif}", "--model", "{good.safetensors}", "-o", "{out}"],
+                                "0..1"),
+    "32-bit TIFF": (["upscale", "{int32.tif}", "--model", "{good.safetensors}", "-o", "{out}"], "32-bit"),
+    "not an image": (["upscale", "{not-an-image.png}", "--model", "{good.safetensors}", "-o", "{out}"],
+                     "not a readable image"),
+    "empty input folder": (["upscale", "{empty-folder}", "--model", "{good.safetensors}", "-o", "{out}"],
+                           "no images"),
+    "hparam of the wrong type": (["train", "--model", "srconvnet", "--scale", "2", "--data", "{train-images}",
+                                  "--hparam", "dim=abc", "--out", "{out}"], "dim='abc'"),
+    "snippet of a foreign onnx": (["snippet", "{foreign.onnx}", "--lang", "kotlin"], "no edgesr metadata"),
+    "calib with fp32": (["export", "{good.safetensors}", "--target", "onnx", "--calib", "{photos}",
+                         "--out", "{out}"], "--calib"),
+    "int8 without calib": (["export", "{good.safetensors}", "--target", "onnx", "--precision", "int8",
+                            "--out", "{out}"], "needs --calib"),
+    "empty calibration folder": (["export", "{good.safetensors}", "--target", "onnx", "--precision", "int8",
+                                  "--calib", "{empty-folder}", "--input-size", "16x16", "--out", "{out}"],
+                                 "no images"),
+    "unknown target": (["export", "{good.safetensors}", "--target", "onnnx", "--out", "{out}"], "onnnx"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_clean_line(case, files, tmp_path):
+    argv, expected = CASES[case]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the user's file")
+    places = {p.name: str(p) for p in files.iterdir()} | {"out": str(out)}
+    for name, path in places.items():
+        argv = [arg.replace("{" + name + "}", path) for arg in argv]
+    before = {"out": _snapshot(out), "inputs": _snapshot(files)}
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, (case, result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], (case, result.stderr)
+    assert "Traceback" not in result.output
+    assert _snapshot(out) == before["out"] and _snapshot(files) == before["inputs"], case
+
+
+def test_float_tiff_in_0_1_is_read_with_its_range(files, tmp_path):
+    from edgesr.imageio import read_image
+
+    path = tmp_path / "float01.tif"
+    Image.fromarray(np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8), mode="F").save(path)
+    image = read_image(path)
+    assert image.rgb.max() == pytest.approx(1.0) and image.rgb.min() == pytest.approx(0.0)
+    assert image.grayscale
+
+
+def test_random_weight_exports_are_seeded_and_repeatable(tmp_path):
+    """Same seed: byte-identical files, the seed in the metadata; another seed: other weights."""
+    import onnx
+
+    def export(seed: int, folder: str) -> Path:
+        argv = ["export", "srconvnet", "--scale", "2", "--target", "onnx", "--input-size", "16x16",
+                "--no-check", "--out", str(tmp_path / folder), "--seed", str(seed), "--json"]
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 0, result.output
+        return Path(json.loads(result.stdout)["artifact"])
+
+    first, again, other = export(3, "a"), export(3, "b"), export(4, "c")
+    assert first.read_bytes() == again.read_bytes()
+    assert first.read_bytes() != other.read_bytes()
+    metadata = {p.key: p.value for p in onnx.load(str(first)).metadata_props}
+    assert metadata["edgesr.seed"] == "3"
+
+
+def test_sigterm_during_export_cleans_up_and_says_one_line(tmp_path):
+    """A SIGTERM a few seconds into an export: exit 130, one line, nothing left in --out."""
+    out = tmp_path / "out"
+    out.mkdir()
+    code = "from edgesr.cli import app; app()"
+    argv = [sys.executable, "-c", code, "export", "srconvnet", "--scale", "2", "--target", "onnx",
+            "--input-size", "48x48", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob(".edgesr-export-*")):
+        time.sleep(0.2)  # wait until the export works in its temporary folder
+    assert list(out.glob(".edgesr-export-*")), "the export never started"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    last = [line for line in stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("interrupted") and "Traceback" not in stderr
+    assert list(out.iterdir()) == []
+
+
+def test_a_dead_exports_temporary_folder_is_removed_by_the_next(tmp_path, small_srconvnet):
+    from edgesr.export.pipeline import export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale = out / f".edgesr-export-{dead}-abc"
+    stale.mkdir()
+    (stale / "half.onnx").write_bytes(b"x")
+    live = out / f".edgesr-export-{os.getpid()}-xyz"
+    live.mkdir()
+    export(small_srconvnet, "onnx", input_size=(16, 16), out_dir=out, check=False)
+    assert not stale.exists() and live.exists()
