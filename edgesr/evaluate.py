@@ -71,6 +71,11 @@ def read_pair(lr_path: Path | None, hr_path: Path, scale: int) -> tuple[np.ndarr
     from edgesr.degrade import downscale
 
     hr = read_rgb(hr_path)
+    smallest = 2 * scale + 1  # PSNR/SSIM drop a border of `scale` pixels on each side
+    if lr_path is None and min(hr.shape[:2]) < smallest * scale:
+        raise EdgeSRError(f"{hr_path}: {hr.shape[1]}x{hr.shape[0]} is too small to evaluate at x{scale} (its LR "
+                          f"would be under {smallest} pixels, less than the border the metrics drop); "
+                          f"use HR images of at least {smallest * scale}x{smallest * scale}")
     lr = read_rgb(lr_path) if lr_path is not None else downscale(hr, scale)
     return lr, quantize(hr)[: lr.shape[0] * scale, : lr.shape[1] * scale]
 

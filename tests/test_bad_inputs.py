@@ -118,6 +118,7 @@ CASES = {
     "empty calibration folder": (["export", "{good.safetensors}", "--target", "onnx", "--precision", "int8",
                                   "--calib", "{empty-folder}", "--input-size", "16x16", "--out", "{out}"],
                                  "no images"),
+    "HR images under the border crop": (["eval", "{good.safetensors}", "--data", "{hr-only}"], "too small"),
     "unknown target": (["export", "{good.safetensors}", "--target", "onnnx", "--out", "{out}"], "onnnx"),
 }
 
@@ -138,6 +139,15 @@ def test_bad_input_is_one_clean_line(case, files, tmp_path):
     assert len(lines) == 1 and expected in lines[0], (case, result.stderr)
     assert "Traceback" not in result.output
     assert _snapshot(out) == before["out"] and _snapshot(files) == before["inputs"], case
+
+
+def test_train_argument_errors_create_no_output_folder(files, tmp_path):
+    run = tmp_path / "run"
+    argv = ["train", "--model", "srconvnet", "--scale", "2", "--data", str(files / "train-images"),
+            "--iters", "-1", "--out", str(run)]
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2 and "--iters" in result.stderr
+    assert not run.exists()
 
 
 def test_float_tiff_in_0_1_is_read_with_its_range(files, tmp_path):

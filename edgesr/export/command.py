@@ -14,7 +14,7 @@ from edgesr.errors import EdgeSRError
 
 
 def _load_model(model: Optional[str], arch: Optional[str], weights: Optional[Path], scale: Optional[int],
-                seed: int):
+                seed: int = DEFAULT_SEED):
     from edgesr.models.loading import load
 
     if model is not None and weights is not None:

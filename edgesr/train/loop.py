@@ -161,6 +161,8 @@ def _run(config: TrainConfig, ctx: ddp.Dist) -> nn.Module:
         config = _restore_config(config, saved["config"], arch)
     else:
         config = config.resolved(arch)
+    if config.patch < 8 or config.batch < 1 or config.iters < 1:  # before --out is created
+        raise EdgeSRError("--patch must be >= 8, --batch and --iters >= 1")
     log = Log(out, ctx.main)
     if ctx.main:
         try:
@@ -170,8 +172,6 @@ def _run(config: TrainConfig, ctx: ddp.Dist) -> nn.Module:
         if not config.resume and (out / ckpt.STATE_FILE).exists():
             raise EdgeSRError(f"--out {out}: already holds a run; add --resume to continue it "
                               f"or choose another --out")
-    if config.patch < 8 or config.batch < 1 or config.iters < 1:
-        raise EdgeSRError("--patch must be >= 8, --batch and --iters >= 1")
 
     cache = load_images(config.data, config.patch * config.scale)
     from edgesr.models.registry import get_arch
