@@ -83,11 +83,14 @@ def bench_in_process(model: str, runtime: str | None = None, input_size: tuple[i
                      warmup: int = 10, iters: int = 50, macs: int | None = None,
                      **runtime_options: Any) -> dict[str, Any]:
     """Open ``model`` in ``runtime`` and time it here (see ``bench`` for the result)."""
-    from edgesr.runtimes import open_runner
+    from edgesr.runtimes import chosen_runtime, open_runner
 
     if iters < 1 or warmup < 0:
         raise EdgeSRError(f"--iters {iters} / --warmup {warmup}: need iters >= 1 and warmup >= 0")
     options = {k: v for k, v in runtime_options.items() if v is not None}
+    placed = chosen_runtime(model, runtime) == "onnxruntime"
+    if placed:  # one profiled run says which provider ran each node
+        options["profile_first_run"] = True
     started = time.perf_counter()
     runner = open_runner(model, runtime, **options)
     load_s = time.perf_counter() - started
@@ -95,6 +98,8 @@ def bench_in_process(model: str, runtime: str | None = None, input_size: tuple[i
         raise EdgeSRError(f"{model}: here it runs only in {runner.options().get('engine')}, whose "
                           f"timings say nothing about a device; bench CoreML files on macOS")
     height, width = bench_size(runner.info, input_size)
+    if placed:
+        runner.run_native(runner.native_input(height, width))
     latencies = time_runner(runner, height, width, warmup, iters)
     latency = percentile_summary(latencies)
     scale = runner.info.scale
@@ -124,6 +129,7 @@ def bench_in_process(model: str, runtime: str | None = None, input_size: tuple[i
         "gflops": gflops,
         "peak_rss_mb": peak_rss_mb(),
         "peak_rss_scope": "this process",
+        "placement": getattr(runner, "placement", None),
         "notes": notes,
     }
 
@@ -299,7 +305,22 @@ def format_result(result: dict[str, Any]) -> list[str]:
         "compute     " + (f"{result['gflops']:.2f} GFLOP/s at p50 ({result['macs'] / 1e9:.3f} GMACs, "
                           f"{result['macs_source']})" if result.get("gflops") else "n/a"),
     ]
+    lines += format_placement(result.get("placement"))
     lines += [f"note        {note}" for note in result.get("notes", [])]
+    return lines
+
+
+def format_placement(placement: dict[str, dict[str, Any]] | None) -> list[str]:
+    """Which provider ran how many nodes (one profiled run), and what fell back to the CPU."""
+    if not placement:
+        return []
+    lines = []
+    for index, (provider, entry) in enumerate(sorted(placement.items(), key=lambda kv: -kv[1]["nodes"])):
+        lines.append(("providers   " if index == 0 else " " * 12)
+                     + f"{provider}: {entry['nodes']} node(s), {entry['ms']:.1f} ms in the profiled run")
+    if len(placement) > 1 and "CPUExecutionProvider" in placement:
+        ops = ", ".join(f"{op} x{n}" for op, n in placement["CPUExecutionProvider"]["ops"].items())
+        lines.append(f"{'':12}on the CPU (a hand-off each): {ops}")
     return lines
 
 

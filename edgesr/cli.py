@@ -39,13 +39,19 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 @app.command()
 @user_errors
 def info(
-    model: str = typer.Argument(..., help=MODEL_HELP),
+    model: str = typer.Argument(..., help=MODEL_HELP + " Or an exported .onnx/.tflite/.mlpackage file."),
     scale: Optional[int] = typer.Option(None, "--scale", help=SCALE_HELP),
     arch: Optional[str] = ARCH_OPTION,
     input_size: str = typer.Option("256x256", "--input-size", help="LR input size HxW for the MAC count."),
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Architecture, scale, parameters, MACs at an input size, input range, source sha256."""
+    """Architecture, scale, parameters, MACs at an input size, input range, source sha256;
+    for an exported file, what its metadata and tensors say (no PyTorch needed)."""
+    from edgesr.runtimes import is_artifact
+
+    if is_artifact(model):
+        _artifact_info(Path(model), as_json)
+        return
     from edgesr.models.descriptor import describe
     from edgesr.models.profile import check_fits, trainable_parameters
 
@@ -77,18 +83,46 @@ def info(
         typer.echo(f"{name:<{width_col}}  {value}")
 
 
+def _artifact_info(path: Path, as_json: bool) -> None:
+    from edgesr.appkit.artifact_io import read_facts
+
+    facts = read_facts(path)
+    details = facts.to_dict()
+    if as_json:
+        emit_json(details)
+        return
+    tensor = lambda t: f"{t.name} {list(t.shape)} {t.dtype} {t.layout}"  # noqa: E731
+    rows = [("file", f"{path} ({facts.format})"), ("architecture", facts.arch or "-"),
+            ("scale", f"x{facts.scale}"), ("precision", facts.precision),
+            ("input size", "any" if facts.input_size is None else f"{facts.input_size[0]}x{facts.input_size[1]}"),
+            ("input", tensor(facts.input)), ("output", tensor(facts.output)),
+            ("source sha256", facts.sha256 or "-")]
+    width_col = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        typer.echo(f"{name:<{width_col}}  {value}")
+
+
 RUNTIME_OPTION = typer.Option(None, "--runtime", help="pytorch, onnxruntime, litert or coreml "
                                "(default: the file's own).")
 THREADS_OPTION = typer.Option(None, "--threads", help="Intra-op threads of the runtime.")
 PROVIDER_OPTION = typer.Option(None, "--provider", help="onnxruntime execution provider(s), comma-separated: "
                                 "cpu, cuda, tensorrt, coreml, xnnpack (CPU is always the fallback).")
 DELEGATE_OPTION = typer.Option(None, "--delegate", help="litert: xnnpack (default), none or gpu.")
+TRT_FP16_OPTION = typer.Option(False, "--trt-fp16", help="--provider tensorrt: let TensorRT use fp16 kernels.")
+TRT_CACHE_OPTION = typer.Option(None, "--trt-engine-cache", help="--provider tensorrt: folder that keeps the "
+                                "built engines and timing cache (the build, minutes on a Jetson, happens once).")
+TRT_WORKSPACE_OPTION = typer.Option(None, "--trt-workspace-gb", help="--provider tensorrt: builder workspace "
+                                    "limit in GiB.")
+DEVICE_ID_OPTION = typer.Option(None, "--device-id", help="--provider cuda or tensorrt: GPU index (default 0).")
 ARTIFACT_HELP = MODEL_HELP + " Or an exported .onnx/.tflite/.mlpackage file."
 
 
 def _runtime_options(device: Optional[str], threads: Optional[int], provider: Optional[str],
-                     delegate: Optional[str]) -> dict:
-    return {"device": device, "threads": check_threads(threads), "providers": provider, "delegate": delegate}
+                     delegate: Optional[str], trt_fp16: bool = False, trt_engine_cache: Optional[Path] = None,
+                     trt_workspace_gb: Optional[float] = None, device_id: Optional[int] = None) -> dict:
+    return {"device": device, "threads": check_threads(threads), "providers": provider, "delegate": delegate,
+            "trt_fp16": trt_fp16 or None, "trt_engine_cache": str(trt_engine_cache) if trt_engine_cache else None,
+            "trt_workspace_gb": trt_workspace_gb, "device_id": device_id}
 
 
 @app.command("eval")
@@ -106,6 +140,10 @@ def eval_command(
     threads: Optional[int] = THREADS_OPTION,
     provider: Optional[str] = PROVIDER_OPTION,
     delegate: Optional[str] = DELEGATE_OPTION,
+    trt_fp16: bool = TRT_FP16_OPTION,
+    trt_engine_cache: Optional[Path] = TRT_CACHE_OPTION,
+    trt_workspace_gb: Optional[float] = TRT_WORKSPACE_OPTION,
+    device_id: Optional[int] = DEVICE_ID_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """PSNR/SSIM on Y (BasicSR protocol), per image and mean, with the bicubic baseline; any format."""
@@ -113,7 +151,8 @@ def eval_command(
     from edgesr.upscale import open_upscaler
 
     upscaler = open_upscaler(model, scale, arch, runtime, tile, overlap, tile_by_default=False,
-                             **_runtime_options(device, threads, provider, delegate))
+                             **_runtime_options(device, threads, provider, delegate, trt_fp16, trt_engine_cache,
+                                              trt_workspace_gb, device_id))
     results = [evaluate(upscaler, folder, upscaler.scale, show_progress=stderr_is_terminal()) for folder in data]
     if as_json:
         runner = upscaler.runner
@@ -156,6 +195,10 @@ def upscale(
     threads: Optional[int] = THREADS_OPTION,
     provider: Optional[str] = PROVIDER_OPTION,
     delegate: Optional[str] = DELEGATE_OPTION,
+    trt_fp16: bool = TRT_FP16_OPTION,
+    trt_engine_cache: Optional[Path] = TRT_CACHE_OPTION,
+    trt_workspace_gb: Optional[float] = TRT_WORKSPACE_OPTION,
+    device_id: Optional[int] = DEVICE_ID_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Upscale images, tiled (memory bounded by the tile); grey, RGBA and 16-bit PNG keep their kind."""
@@ -165,7 +208,8 @@ def upscale(
         raise EdgeSRError(f"--alpha {alpha!r}: choose 'bicubic' or 'model'")
     jobs = collect_jobs(inputs, out)
     upscaler = open_upscaler(model, scale, None, runtime, tile, overlap, tile_by_default=True,
-                             **_runtime_options(device, threads, provider, delegate))
+                             **_runtime_options(device, threads, provider, delegate, trt_fp16, trt_engine_cache,
+                                              trt_workspace_gb, device_id))
     written = upscale_files(upscaler, jobs, out, alpha, show_progress=stderr_is_terminal())  # type: ignore[arg-type]
     if as_json:
         emit_json({"scale": upscaler.scale, "alpha": alpha, "runner": upscaler.describe(), "images": written})
@@ -190,6 +234,10 @@ def bench_command(
     iters: int = typer.Option(50, "--iters", help="Timed runs."),
     provider: Optional[str] = PROVIDER_OPTION,
     delegate: Optional[str] = DELEGATE_OPTION,
+    trt_fp16: bool = TRT_FP16_OPTION,
+    trt_engine_cache: Optional[Path] = TRT_CACHE_OPTION,
+    trt_workspace_gb: Optional[float] = TRT_WORKSPACE_OPTION,
+    device_id: Optional[int] = DEVICE_ID_OPTION,
     device: Optional[str] = typer.Option(None, "--device", help="pytorch: cpu or cuda."),
     macs: Optional[int] = typer.Option(None, "--macs", help="MACs of one run, when they cannot be counted here."),
     data: Optional[Path] = typer.Option(None, "--data", help="Table mode: benchmark folder (e.g. Set5) for PSNR-Y."),
@@ -221,7 +269,8 @@ def bench_command(
     from edgesr.bench import bench, format_result
 
     result = bench(model, runtime, size, warmup, iters, macs, isolate=not in_process,
-                   **_runtime_options(device, threads, provider, delegate))
+                   **_runtime_options(device, threads, provider, delegate, trt_fp16, trt_engine_cache,
+                                              trt_workspace_gb, device_id))
     if as_json:
         emit_json(result)
         return

@@ -27,6 +27,15 @@ def user_errors(command: Callable) -> Callable:
         except EdgeSRError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except ModuleNotFoundError as exc:  # a light (device) install without the export extras
+            from edgesr.errors import EXTRA_OF_PACKAGE, install_hint
+
+            package = (exc.name or "").split(".")[0]
+            if package not in EXTRA_OF_PACKAGE:
+                raise
+            typer.echo(f"error: this needs '{package}', which this install of edgesr does not have "
+                       f"(checkpoints, export and train need PyTorch); {install_hint(package)}", err=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: stopped, nothing half-written was left behind", err=True)
             raise typer.Exit(130) from None

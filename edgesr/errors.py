@@ -5,9 +5,25 @@ class EdgeSRError(Exception):
     """An error caused by the user's input, reported without a traceback."""
 
 
+# Which install profile (pyproject's optional dependencies) brings each package.
+EXTRA_OF_PACKAGE = {
+    "torch": "export", "safetensors": "export", "onnxscript": "export", "onnxsim": "export",
+    "coremltools": "export", "litert-torch": "export", "litert_torch": "export", "torchao": "export",
+    "onnxruntime": "onnxruntime", "ai-edge-litert": "litert", "ai_edge_litert": "litert",
+}
+
+
+def install_hint(package: str) -> str:
+    extra = EXTRA_OF_PACKAGE.get(package)
+    if extra == "onnxruntime":
+        return ("pip install 'edgesr[onnxruntime]' (or keep the onnxruntime-gpu / Jetson build you have: "
+                "any distribution of the onnxruntime module works)")
+    return f"pip install 'edgesr[{extra}]'" if extra else f"pip install {package}"
+
+
 class MissingDependencyError(EdgeSRError):
     def __init__(self, package: str, purpose: str):
         super().__init__(
             f"{purpose} needs the Python package '{package}', which is not installed; "
-            f"install it with: pip install {package}"
+            f"install it with: {install_hint(package)}"
         )

@@ -178,24 +178,44 @@ def test_random_weight_exports_are_seeded_and_repeatable(tmp_path):
     assert metadata["edgesr.seed"] == "3"
 
 
-def test_sigterm_during_export_cleans_up_and_says_one_line(tmp_path):
-    """A SIGTERM a few seconds into an export: exit 130, one line, nothing left in --out."""
-    out = tmp_path / "out"
-    out.mkdir()
-    code = "from edgesr.cli import app; app()"
-    argv = [sys.executable, "-c", code, "export", "srconvnet", "--scale", "2", "--target", "onnx",
-            "--input-size", "48x48", "--out", str(out)]
+def _interrupt_when(argv: list[str], started, sig: int) -> str:
+    """Runs the CLI with ``argv``, sends ``sig`` once ``started()`` holds; returns stderr
+    after checking the exit code (130) and the one-line message."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen([sys.executable, "-c", "from edgesr.cli import app; app()", *argv],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob(".edgesr-export-*")):
-        time.sleep(0.2)  # wait until the export works in its temporary folder
-    assert list(out.glob(".edgesr-export-*")), "the export never started"
-    process.send_signal(signal.SIGTERM)
+    while time.time() < deadline and process.poll() is None and not started():
+        time.sleep(0.1)
+    assert started(), "the work never started"
+    process.send_signal(sig)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr[-2000:]
     last = [line for line in stderr.splitlines() if line.strip()][-1]
     assert last.startswith("interrupted") and "Traceback" not in stderr
+    return stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_export_cleans_up_and_says_one_line(sig, tmp_path):
+    """Ctrl-C or SIGTERM while the export works in its temporary folder: exit 130, one
+    line, nothing left in --out."""
+    out = tmp_path / "out"
+    out.mkdir()
+    _interrupt_when(["export", "srconvnet", "--scale", "2", "--target", "onnx", "--input-size", "48x48",
+                     "--out", str(out)], lambda: bool(list(out.glob(".edgesr-export-*"))), sig)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_upscale_leaves_no_part_file(sig, tmp_path):
+    """The PNG is written band by band into a ``.part`` file: a signal mid-image removes it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    photo = tmp_path / "big.png"
+    Image.fromarray((np.random.default_rng(2).random((512, 512, 3)) * 255).astype(np.uint8)).save(photo)
+    _interrupt_when(["upscale", str(photo), "--model", "srconvnet", "--scale", "2", "--tile", "64",
+                     "-o", str(out)], lambda: bool(list(out.glob(".*.part"))), sig)
     assert list(out.iterdir()) == []
 
 

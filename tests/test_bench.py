@@ -70,11 +70,92 @@ def test_bench_cli_text_and_errors(artifacts, tmp_path):
         (["bench", str(tmp_path / "none.onnx")], "no such file"),
         (["bench", str(path), "--runtime", "litert"], "cannot run it"),
         (["bench", str(path), "--provider", "cuda"], "no CUDAExecutionProvider"),
+        (["bench", str(path), "--provider", "tensorrt", "--trt-fp16", "--trt-engine-cache", str(tmp_path / "c"),
+          "--trt-workspace-gb", "2", "--device-id", "0"], "no TensorrtExecutionProvider"),
+        (["bench", str(path), "--trt-fp16"], "add --provider tensorrt"),
+        (["bench", str(path), "--device-id", "1"], "--device-id picks the GPU"),
         (["bench"], "give an artifact"),
     ]:
         result = runner.invoke(app, argv)
         assert result.exit_code == 2, (argv, result.output)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bench_reports_the_provider_of_every_node(artifacts):
+    """One profiled run tells which provider ran each node; on a CPU-only build all of them
+    are the CPU provider's, and the count is the graph's node count after optimisation."""
+    import onnxruntime as ort
+
+    from edgesr.bench import bench, format_result
+
+    path = artifact(artifacts, "onnx")
+    result = bench(path, warmup=0, iters=2, threads=1)
+    assert list(result["placement"]) == ["CPUExecutionProvider"]
+    cpu = result["placement"]["CPUExecutionProvider"]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(Path(path).with_suffix(".opt.onnx"))
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    import onnx
+
+    optimized = onnx.load(options.optimized_model_filepath)
+    Path(options.optimized_model_filepath).unlink()
+    assert cpu["nodes"] == len(optimized.graph.node) and sum(cpu["ops"].values()) == cpu["nodes"]
+    assert any(line.startswith("providers   CPUExecutionProvider:") for line in format_result(result))
+
+
+def test_gpu_provider_settings_and_partition_report():
+    """The TensorRT/CUDA settings as onnxruntime takes them, and the report of a mixed run
+    (a TensorRT engine plus nodes left on the CPU) as a Jetson profile gives it."""
+    from edgesr.bench import format_placement
+    from edgesr.runtimes.onnxruntime_runner import placement_from_profile, provider_options_for
+
+    trt, cuda, cpu = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
+    options = provider_options_for([trt, cuda, cpu], trt_fp16=True, trt_workspace_gb=1.5, device_id=1)
+    assert options == [{"device_id": "1", "trt_fp16_enable": "True", "trt_max_workspace_size": str(3 * 2**29)},
+                       {"device_id": "1"}, {}]
+    assert provider_options_for([cpu]) == [{}]
+    for kwargs, message in [({"trt_fp16": True}, "add --provider tensorrt"),
+                            ({"device_id": 0}, "cuda or tensorrt"),
+                            ({"trt_workspace_gb": 0}, "above 0")]:
+        providers = [trt, cpu] if "workspace" in str(kwargs) else [cpu]
+        with pytest.raises(EdgeSRError, match=message):
+            provider_options_for(providers, **kwargs)
+
+    def node(name, op, provider, dur):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur,
+                "args": {"op_name": op, "provider": provider}}
+
+    events = [{"cat": "Session", "name": "model_loading_uri", "dur": 900},
+              node("TRTKernel_graph_main_0", "TRTKernel_graph_main_0", trt, 4000),
+              node("/tail/DepthToSpace", "DepthToSpace", cpu, 500),
+              node("/tail/Clip", "Clip", cpu, 100),
+              {"cat": "Node", "name": "/tail/Clip_fence_before", "dur": 1, "args": {"op_name": "Clip"}}]
+    placement = placement_from_profile(events)
+    assert placement == {trt: {"nodes": 1, "ms": 4.0, "ops": {"TRTKernel_graph_main_0": 1}},
+                         cpu: {"nodes": 2, "ms": 0.6, "ops": {"DepthToSpace": 1, "Clip": 1}}}
+    lines = format_placement(placement)
+    assert lines[0].startswith("providers   CPUExecutionProvider: 2 node(s)")
+    assert "DepthToSpace x1, Clip x1" in lines[-1]
+
+
+def test_a_provider_that_fell_back_is_an_error(artifacts, monkeypatch):
+    """onnxruntime's Python layer retries on the other providers when one fails to start;
+    edgesr must not time the fallback as if it were TensorRT."""
+    import onnxruntime as ort
+
+    from edgesr.runtimes import onnxruntime_runner
+
+    real_session = ort.InferenceSession
+
+    class FellBack(real_session):
+        def __init__(self, path, options, providers, provider_options):
+            super().__init__(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(onnxruntime_runner, "available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", FellBack)
+    with pytest.raises(EdgeSRError, match="could not start TensorrtExecutionProvider .* fell back to CPU"):
+        onnxruntime_runner.OnnxRuntimeRunner(artifact(artifacts, "onnx"), providers="tensorrt")
 
 
 def test_eval_on_artifact_tiles_fixed_size(artifacts, tmp_path):

@@ -244,7 +244,7 @@ def test_missing_runtime_is_a_clear_error(monkeypatch, artifacts):
 
     real = util.find_spec
     monkeypatch.setattr(util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
+    with pytest.raises(MissingDependencyError, match=r"pip install 'edgesr\[onnxruntime\]'.*onnxruntime-gpu"):
         open_runner(artifact(artifacts, "onnx"))
 
 

@@ -65,6 +65,20 @@ def is_artifact(model: str | Path) -> bool:
     return Path(str(model)).suffix.lower() in ARTIFACT_SUFFIXES
 
 
+def chosen_runtime(path: str | Path, runtime: str | None = None) -> str:
+    """The runtime that ``open_runner(path, runtime)`` uses: the requested one if it can run
+    the file, else the file's own."""
+    path = Path(path)
+    if not path.exists():
+        raise EdgeSRError(f"{path}: no such file")
+    fmt, runtimes = format_of(path)
+    chosen = runtime_name(runtime) if runtime else runtimes[0]
+    if chosen not in runtimes:
+        raise EdgeSRError(f"{path.name} is a {fmt} file: --runtime {chosen} cannot run it "
+                          f"(use {' or '.join(runtimes)})")
+    return chosen
+
+
 def open_runner(path: str | Path, runtime: str | None = None, **options: Any) -> Runner:
     """Load ``path`` in ``runtime`` (default: the file's own) with runtime ``options``:
 
@@ -75,14 +89,7 @@ def open_runner(path: str | Path, runtime: str | None = None, **options: Any) ->
 
     Options left at None are ignored; options a runtime has no use for are an error.
     """
-    path = Path(path)
-    if not path.exists():
-        raise EdgeSRError(f"{path}: no such file")
-    fmt, runtimes = format_of(path)
-    chosen = runtime_name(runtime) if runtime else runtimes[0]
-    if chosen not in runtimes:
-        raise EdgeSRError(f"{path.name} is a {fmt} file: --runtime {chosen} cannot run it "
-                          f"(use {' or '.join(runtimes)})")
+    chosen = chosen_runtime(path, runtime)
     module, cls = RUNTIMES[chosen].split(":")
     return getattr(importlib.import_module(module), cls)(path, **options)
 

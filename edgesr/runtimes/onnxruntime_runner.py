@@ -1,6 +1,10 @@
-"""onnxruntime: execution providers by short name, thread count. Needs only onnxruntime."""
+"""onnxruntime: execution providers by short name, thread count, the GPU providers' settings,
+and which provider ran each node. Needs only onnxruntime."""
 from __future__ import annotations
 
+import json
+import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,8 +26,10 @@ PROVIDERS = {
     "dml": "DmlExecutionProvider",
 }
 _HINTS = {
-    "CUDAExecutionProvider": "install onnxruntime-gpu on a machine with an NVIDIA GPU",
-    "TensorrtExecutionProvider": "install onnxruntime-gpu with TensorRT on a machine with an NVIDIA GPU",
+    "CUDAExecutionProvider": "install onnxruntime-gpu on a machine with an NVIDIA GPU (on a Jetson: "
+                             "NVIDIA's onnxruntime-gpu wheel for its JetPack)",
+    "TensorrtExecutionProvider": "install onnxruntime-gpu and TensorRT on a machine with an NVIDIA GPU (on a "
+                                 "Jetson: NVIDIA's onnxruntime-gpu wheel for its JetPack, which has TensorRT)",
     "CoreMLExecutionProvider": "the CoreML provider exists in onnxruntime builds for macOS/iOS",
     "XnnpackExecutionProvider": "the XNNPACK provider exists in onnxruntime builds for Android/ARM "
                                 "(e.g. onnxruntime-android) or a source build with --use_xnnpack",
@@ -63,28 +69,109 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
     return names
 
 
+def provider_options_for(providers: Sequence[str], threads: int | None = None, trt_fp16: bool = False,
+                         trt_engine_cache: str | Path | None = None, trt_workspace_gb: float | None = None,
+                         device_id: int | None = None) -> list[dict[str, str]]:
+    """onnxruntime's per-provider option dicts for ``providers`` (resolved names, in order).
+
+    The TensorRT settings are what a Jetson user sets: fp16 kernels, a folder that keeps the
+    built engines (and TensorRT's timing cache) so that the minutes of engine building happen
+    once, the builder's workspace; ``device_id`` picks the GPU of CUDA and TensorRT.
+    """
+    trt, cuda = "TensorrtExecutionProvider" in providers, "CUDAExecutionProvider" in providers
+    if (trt_fp16 or trt_engine_cache is not None or trt_workspace_gb is not None) and not trt:
+        raise EdgeSRError("--trt-fp16, --trt-engine-cache and --trt-workspace-gb are TensorRT settings: "
+                          "add --provider tensorrt")
+    if device_id is not None and not (trt or cuda):
+        raise EdgeSRError("--device-id picks the GPU of --provider cuda or tensorrt; neither is requested")
+    if device_id is not None and device_id < 0:
+        raise EdgeSRError(f"--device-id {device_id}: a GPU index is 0 or more")
+    if trt_workspace_gb is not None and not trt_workspace_gb > 0:
+        raise EdgeSRError(f"--trt-workspace-gb {trt_workspace_gb}: give a size above 0 (GiB)")
+    gpu = {} if device_id is None else {"device_id": str(device_id)}
+    tensorrt = dict(gpu)
+    if trt_fp16:
+        tensorrt["trt_fp16_enable"] = "True"
+    if trt_workspace_gb is not None:
+        tensorrt["trt_max_workspace_size"] = str(int(trt_workspace_gb * 2**30))
+    if trt_engine_cache is not None:
+        cache = Path(trt_engine_cache)
+        if cache.exists() and not cache.is_dir():
+            raise EdgeSRError(f"--trt-engine-cache {cache}: exists and is not a folder")
+        cache.mkdir(parents=True, exist_ok=True)
+        tensorrt.update({"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                         "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)})
+    by_provider = {"TensorrtExecutionProvider": tensorrt, "CUDAExecutionProvider": gpu,
+                   "XnnpackExecutionProvider": {"intra_op_num_threads": str(threads)} if threads else {}}
+    return [by_provider.get(name, {}) for name in providers]
+
+
+def placement_from_profile(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per provider, from one profiled run: the nodes it ran, their op types and their time (ms).
+
+    A TensorRT partition is one node (``TRTKernel_graph_...``) that runs a whole subgraph, so
+    the count of TensorRT nodes is the count of engines; every node left on the CPU provider
+    is a hand-off from the GPU and back.
+    """
+    nodes: dict[str, tuple[str, str]] = {}
+    time_us: Counter[str] = Counter()
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("cat") != "Node" or "provider" not in args:
+            continue
+        name = str(event.get("name", "")).removesuffix("_kernel_time")
+        nodes[name] = (args["provider"], args.get("op_name", "?"))
+        time_us[args["provider"]] += float(event.get("dur", 0))
+    report: dict[str, dict[str, Any]] = {}
+    for provider, op in nodes.values():
+        entry = report.setdefault(provider, {"nodes": 0, "ops": Counter()})
+        entry["nodes"] += 1
+        entry["ops"][op] += 1
+    return {provider: {"nodes": entry["nodes"], "ms": time_us[provider] / 1e3,
+                       "ops": dict(entry["ops"].most_common())} for provider, entry in report.items()}
+
+
 class OnnxRuntimeRunner(Runner):
     runtime = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: Sequence[str] | str | None = None,
-                 threads: int | None = None, **unused: Any):
+                 threads: int | None = None, trt_fp16: bool = False, trt_engine_cache: str | None = None,
+                 trt_workspace_gb: float | None = None, device_id: int | None = None,
+                 profile_first_run: bool = False, **unused: Any):
         reject_options(unused, "onnxruntime")
         ort = require("onnxruntime", "onnxruntime", "running an ONNX file")
         path = Path(path)
         self.providers = resolve_providers(providers)
         self.threads = threads
+        provider_options = provider_options_for(self.providers, threads, trt_fp16, trt_engine_cache,
+                                                trt_workspace_gb, device_id)
+        self.gpu_settings = {k: v for k, v in {"trt_fp16": trt_fp16 or None, "trt_engine_cache": trt_engine_cache,
+                                               "trt_workspace_gb": trt_workspace_gb, "device_id": device_id}.items()
+                             if v is not None}
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
-        provider_options = [({"intra_op_num_threads": int(threads)} if threads and p == "XnnpackExecutionProvider"
-                             else {}) for p in self.providers]
+        self._profile_dir = None
+        self.placement: dict[str, dict[str, Any]] | None = None
+        if profile_first_run:
+            self._profile_dir = tempfile.TemporaryDirectory(prefix="edgesr-ort-profile-")
+            options.enable_profiling = True
+            options.profile_file_prefix = str(Path(self._profile_dir.name) / "run")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers,
                                                 provider_options=provider_options)
         except Exception as exc:  # onnxruntime raises its own types for bad files
             raise EdgeSRError(f"{path}: onnxruntime cannot load this file ({first_line(exc)})") from None
+        # onnxruntime's Python layer retries on the remaining providers when one fails to start
+        # (e.g. TensorRT whose libraries are missing): a request that did not hold is an error.
+        started = set(self.session.get_providers())
+        missing = [name for name in self.providers if name not in started]
+        if missing:
+            raise EdgeSRError(f"onnxruntime could not start {', '.join(missing)} for {path.name} (it fell back to "
+                              f"{', '.join(self.session.get_providers())}); check the GPU libraries it needs "
+                              f"(CUDA, cuDNN, TensorRT) with onnxruntime's own log")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise EdgeSRError(f"{path}: expected one image input, found {len(inputs)} inputs")
@@ -100,10 +187,21 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:
             raise EdgeSRError(f"{self.path.name}: onnxruntime failed on input {list(batch.shape)} "
                               f"({first_line(exc)})") from None
+        if self._profile_dir is not None:
+            self._end_profiling()
         return np.asarray(output, dtype=np.float32)
 
+    def _end_profiling(self) -> None:
+        """Reads the first run's profile into ``placement``; later runs are not profiled."""
+        trace = Path(self.session.end_profiling())
+        try:
+            self.placement = placement_from_profile(json.loads(trace.read_text()))
+        finally:
+            self._profile_dir.cleanup()
+            self._profile_dir = None
+
     def options(self) -> dict[str, Any]:
-        return {"providers": list(self.session.get_providers()), "threads": self.threads}
+        return {"providers": list(self.session.get_providers()), "threads": self.threads, **self.gpu_settings}
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
