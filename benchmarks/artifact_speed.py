@@ -87,33 +87,6 @@ def _export(model, target: str, precision: str, options: dict, size, out_dir: Pa
     return Path(report.artifact), time.perf_counter() - started, report.parity["status"], report.to_dict()
 
 
-def _xnnpack_partitions(path: Path, threads: int) -> tuple[int, int, int]:
-    """(XNNPACK partitions, nodes they took, nodes of the graph) after allocate_tensors.
-
-    LiteRT lists the original nodes and then one DELEGATE node per partition; a
-    partition's nodes are those between its input and output tensors."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
-    interpreter.allocate_tensors()
-    ops = interpreter._get_ops_details()  # noqa: SLF001 - LiteRT's only op-level view
-    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
-    nodes = [op for op in ops if op["op_name"] != "DELEGATE"]
-    producer = {int(t): i for i, op in enumerate(nodes) for t in op["outputs"]}
-    taken: set[int] = set()
-    for delegate in delegates:
-        boundary = {int(t) for t in delegate["inputs"]}
-        stack = [int(t) for t in delegate["outputs"]]
-        while stack:
-            tensor = stack.pop()
-            node = producer.get(tensor)
-            if tensor in boundary or node is None or node in taken:
-                continue
-            taken.add(node)
-            stack.extend(int(t) for t in nodes[node]["inputs"] if t >= 0)
-    return len(delegates), len(taken), len(nodes)
-
-
 def _graph_gflop(path: Path, size) -> float | None:
     from edgesr.bench import onnx_macs, tflite_macs
 
@@ -145,6 +118,7 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_di
 
     from edgesr.models.contract import with_unit_range
     from edgesr.runtimes import open_runner
+    from edgesr.runtimes.litert_runner import xnnpack_coverage
 
     torch.set_num_threads(threads)
     model, label, checkpoint = _model(name)
@@ -165,7 +139,10 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_di
                    fourier_form=next((r.get("note", "") for r in report.get("rewrites", [])
                                       if r.get("name") == "fourier_as_dft"), None))
         if target == "tflite":
-            row["xnnpack_partitions"], row["delegated_nodes"], row["nodes"] = _xnnpack_partitions(path, threads)
+            coverage = xnnpack_coverage(path, threads)
+            row["xnnpack_partitions"], row["delegated_nodes"], row["nodes"] = (
+                coverage.partitions, coverage.delegated, coverage.nodes)
+            row["outside_xnnpack"] = coverage.outside
         runners[runtime_label] = open_runner(path, threads=threads)
         rows.append(row)
     eager = with_unit_range(model).eval()

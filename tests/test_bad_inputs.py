@@ -2,6 +2,7 @@
 traceback, and the output folder exactly as it was (the user's files untouched)."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -139,6 +140,49 @@ def test_bad_input_is_one_clean_line(case, files, tmp_path):
     assert len(lines) == 1 and expected in lines[0], (case, result.stderr)
     assert "Traceback" not in result.output
     assert _snapshot(out) == before["out"] and _snapshot(files) == before["inputs"], case
+
+
+def _generated_cases(root: Path, seed: int) -> list[tuple[str, list[str]]]:
+    """Bad inputs drawn at random (seeded): checkpoints and images cut at any byte, sizes
+    and thread counts typed wrong. Every one must be a one-line refusal."""
+    rng = np.random.default_rng(seed)
+    good = (root / "good.safetensors").read_bytes()
+    photo = (root / "photos" / "photo.png").read_bytes()
+    folder = root / f"generated-{seed}"
+    folder.mkdir(exist_ok=True)
+    cut_checkpoint = folder / "cut.safetensors"
+    cut_checkpoint.write_bytes(good[:int(rng.integers(1, len(good)))])
+    cut_pth = folder / "cut.pth"
+    buffer = io.BytesIO()
+    torch.save({"w": torch.zeros(64)}, buffer)
+    cut_pth.write_bytes(buffer.getvalue()[:int(rng.integers(1, len(buffer.getvalue())))])
+    cut_image = folder / "cut.png"
+    cut_image.write_bytes(photo[:int(rng.integers(1, len(photo) - 12))])  # the IEND chunk is 12 bytes
+    sizes = ["x".join(str(v) for v in rng.integers(-5, 0, 2)), f"{rng.integers(1, 99)}x",
+             f"{rng.random():.2f}x{rng.integers(1, 9)}", "".join(rng.choice(list("abx0"), 4)),
+             f"{rng.integers(2**20, 2**24)}x{rng.integers(2**20, 2**24)}"]
+    threads = [int(rng.integers(-10, 1)), int(rng.integers(10**4, 10**7))]
+    model = str(root / "good.safetensors")
+    cases = [("cut checkpoint", ["info", str(cut_checkpoint)]), ("cut .pth", ["info", str(cut_pth)]),
+             ("cut image", ["upscale", str(cut_image), "--model", model, "-o", "{out}"])]
+    cases += [(f"size {size!r}", ["info", model, "--input-size", size]) for size in sizes]
+    cases += [(f"threads {n}", ["upscale", str(root / "photos"), "--model", model, "-o", "{out}",
+                                "--threads", str(n)]) for n in threads]
+    return cases
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_generated_bad_inputs_are_one_clean_line(seed, files, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("the user's file")
+    for name, argv in _generated_cases(files, seed):
+        before = {"out": _snapshot(out), "inputs": _snapshot(files)}
+        result = runner.invoke(app, [arg.replace("{out}", str(out)) for arg in argv])
+        assert result.exit_code == 2, (name, argv, result.output, result.exception)
+        assert len(result.stderr.strip().splitlines()) == 1, (name, argv, result.stderr)
+        assert "Traceback" not in result.output, name
+        assert _snapshot(out) == before["out"] and _snapshot(files) == before["inputs"], name
 
 
 def test_train_argument_errors_create_no_output_folder(files, tmp_path):

@@ -80,10 +80,27 @@ def test_elementary_layernorm_matches():
     assert (ours - norm(x)).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("pad", [(0, 3, 0, 2), (1, 1, 1, 1), (1, 0, 1, 0), (2, 5, 3, 0)])
-def test_reflect_pad_by_slices_is_exact(pad):
+@pytest.mark.parametrize("flip_as_matmul", [False, True], ids=["flip", "exchange-matmul"])
+@pytest.mark.parametrize("pad", [(0, 3, 0, 2), (1, 1, 1, 1), (1, 0, 1, 0), (2, 5, 3, 0), (8, 8, 6, 6)])
+def test_reflect_pad_by_slices_is_exact(pad, flip_as_matmul):
     x = torch.randn(2, 3, 7, 9)
-    assert torch.equal(delegate_ops.reflect_pad_by_slices(x, pad), F.pad(x, pad, mode="reflect"))
+    assert torch.equal(delegate_ops.reflect_pad_by_slices(x, pad, flip_as_matmul), F.pad(x, pad, mode="reflect"))
+
+
+@pytest.mark.parametrize("count", [1, 3, 4, 5, 8, 9, 17, 64])
+def test_narrow_concatenation_is_the_concatenation(count):
+    parts = [torch.randn(2, 3, 5) + i for i in range(count)]
+    for dim in (0, 1, 2, -1):
+        assert torch.equal(delegate_ops.concat_narrow(parts, dim), torch.cat(parts, dim))
+
+
+def test_shared_matmul_matches_the_broadcast_product():
+    hit_windows = pytest.importorskip("edgesr.rewrite.hit_windows")
+    for n, heads, area, cells, d in [(1, 2, 16, 4, 8), (9, 3, 64, 16, 5), (4, 1, 7, 3, 2)]:
+        shared, batched = torch.randn(heads, area, cells), torch.randn(n, heads, cells, d)
+        result = hit_windows.shared_matmul(shared, batched)
+        assert result.shape == (n, heads, area, d)
+        assert (result - shared @ batched).abs().max().item() < 1e-5
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
@@ -109,22 +126,29 @@ def test_delegate_rewrites_keep_parity(arch):
     from edgesr.rewrite.plan import ExportContext
 
     model = make_every_branch_count(create(arch, 2, **(SRCONVNET_SMALL if arch == "srconvnet" else HIT_SMALL)))
-    context = ExportContext("onnx", SIZE)
-    prepared = model
+    folded = model
     if arch != "srconvnet" and importlib.util.find_spec("edgesr.rewrite.hit_windows"):
         from edgesr.rewrite.hit_windows import fold_hit_windows
 
-        prepared = fold_hit_windows(prepared, SIZE)
-    for rewrite in (delegate_ops.GELU_WITHOUT_ERF, delegate_ops.LAYERNORM_OPS,
-                    delegate_ops.REFLECT_PAD_SLICES, delegate_ops.BIAS_SLICES):
-        if rewrite.applies(prepared, context):
-            prepared = rewrite.apply(prepared, context)
-    assert not any(isinstance(m, (nn.GELU, nn.LayerNorm)) for m in prepared.modules())
+        folded = fold_hit_windows(model, SIZE)
     x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        error = (prepared(x) - model(x)).abs().max().item()
-    # HiT-SR works on [0, 1], SRConvNet on [0, 255]: the export parity bound is 1e-5 x range.
-    assert error < 1e-5 * (255 if arch == "srconvnet" else 1)
+    for target, rewrites in [("onnx", (delegate_ops.GELU_WITHOUT_ERF, delegate_ops.LAYERNORM_OPS,
+                                        delegate_ops.REFLECT_PAD_SLICES, delegate_ops.BIAS_SLICES)),
+                             ("tflite", (delegate_ops.REFLECT_PAD_SLICES_XNNPACK,
+                                         delegate_ops.BIAS_MATMUL_UNBROADCAST, delegate_ops.BIAS_SLICES))]:
+        context = ExportContext(target, SIZE)
+        prepared = folded
+        for rewrite in rewrites:
+            if rewrite.applies(prepared, context):
+                prepared = rewrite.apply(prepared, context)
+        if target == "onnx":
+            assert not any(isinstance(m, (nn.GELU, nn.LayerNorm)) for m in prepared.modules())
+        elif arch != "srconvnet":
+            assert any(getattr(m, "bias_without_broadcast", False) for m in prepared.modules())
+        with torch.no_grad():
+            error = (prepared(x) - model(x)).abs().max().item()
+        # HiT-SR works on [0, 1], SRConvNet on [0, 255]: the export parity bound is 1e-5 x range.
+        assert error < 1e-5 * (255 if arch == "srconvnet" else 1), target
 
 
 def test_bias_slices_match_gathers():
@@ -161,7 +185,32 @@ def test_rewrites_are_chosen_per_target():
     assert fusable.applies(model, ExportContext("onnx", SIZE, delegate_forms=False))
     assert not fusable.applies(model, onnx_fixed)
     assert not fusable.applies(model, ExportContext("tflite", SIZE))
+    # XNNPACK takes neither MIRROR_PAD / REVERSE_V2 nor BROADCAST_TO: TFLite alone gets these.
+    folded = pytest.importorskip("edgesr.rewrite.hit_windows").fold_hit_windows(model, SIZE)
+    for rewrite in (delegate_ops.REFLECT_PAD_SLICES_XNNPACK, delegate_ops.BIAS_MATMUL_UNBROADCAST):
+        assert rewrite.applies(folded, ExportContext("tflite", SIZE))
+        assert not rewrite.applies(folded, ExportContext("onnx", SIZE))
+        assert not rewrite.applies(folded, ExportContext("coreml", SIZE))
     assert REWRITE_MODULES[-1] == "delegate_ops" or "delegate_ops" in REWRITE_MODULES
+
+
+# Small, but with HiT-SR's whole window hierarchy (windows 2 to 32): at 64x64 every level
+# has more than one window (where one window covers the image, the channel product is a
+# FULLY_CONNECTED with a computed weight, which XNNPACK does not take).
+HIT_HIERARCHY = {"embed_dim": 16, "depths": [6], "num_heads": [2], "base_win_size": [4, 4]}
+
+
+@pytest.mark.parametrize("arch", ["srconvnet", "hit-sir", "hit-sng", "hit-srf"])
+def test_fp32_tflite_is_one_xnnpack_partition(arch, tmp_path):
+    """Every partition boundary is a hand-off between XNNPACK and TFLite's own kernels."""
+    pytest.importorskip("ai_edge_litert")
+    from edgesr.runtimes.litert_runner import xnnpack_coverage
+
+    model = create(arch, 2, seed=0, **(SRCONVNET_SMALL if arch == "srconvnet" else HIT_HIERARCHY))
+    report = export(model, "tflite", input_size=(64, 64), out_dir=tmp_path)
+    coverage = xnnpack_coverage(report.artifact, threads=1)
+    assert (coverage.partitions, coverage.outside) == (1, {}), coverage
+    assert coverage.delegated == coverage.nodes
 
 
 # --------------------------------------------------------------------------------------

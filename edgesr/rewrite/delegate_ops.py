@@ -21,6 +21,12 @@ rewrite                what the delegate rejects                  equivalent for
 ``bias_slices``        ``Gather`` with a constant index           concat of contiguous
                        (HiT-SR's folded position bias): not in    slices (exact copy)
                        CoreML MLProgram, not on the Neural Engine
+``reflect_pad_slices_  TFLite ``MIRROR_PAD`` and ``REVERSE_V2``:  slices, the reflected
+xnnpack``              not in XNNPACK                             rows reversed by an
+                                                                  exchange-matrix matmul
+``bias_matmul_         TFLite ``BROADCAST_TO`` (a batched matmul  one matmul per head,
+unbroadcast``          of the shared position bias with every     the windows folded
+                       window's values): not in XNNPACK           into its columns
 =====================  =========================================  =====================
 
 Each rewrite is chosen per target: LiteRT's GPU delegate and CoreML take GELU and
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import importlib
 import math
 from typing import Iterator
@@ -140,50 +147,67 @@ class ElementaryLayerNorm(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def _reflect_axis(x: torch.Tensor, axis: int, before: int, after: int) -> torch.Tensor:
+def _reversed_run(x: torch.Tensor, axis: int, start: int, count: int, flip_as_matmul: bool) -> torch.Tensor:
+    """Elements ``start .. start+count-1`` of ``axis`` in reverse order."""
+    run = x.narrow(axis, start, count)
+    if not flip_as_matmul:
+        return run.flip(axis)
+    # TFLite lowers flip to REVERSE_V2, which XNNPACK does not take, and merges nested
+    # concatenations of single rows into one wider than XNNPACK's (at most 4-5 inputs).
+    # A product with the exchange matrix is an exact reversal: each output is one input
+    # times 1 plus zeros. The axis goes last for it, so the matrix is the constant operand.
+    exchange = torch.tensor([[1.0 if i + j == count - 1 else 0.0 for j in range(count)] for i in range(count)],
+                            dtype=x.dtype, device=x.device)  # data, not eye().flip(): a constant in the graph
+    return (run.transpose(axis, -1) @ exchange).transpose(axis, -1)
+
+
+def _reflect_axis(x: torch.Tensor, axis: int, before: int, after: int, flip_as_matmul: bool = False) -> torch.Tensor:
     """Reflect-pad one axis (no edge repeat) with slices and a flip."""
     size = x.shape[axis]
     if before > size - 1 or after > size - 1:
         raise ValueError(f"reflect pad of {before}/{after} on an axis of {size}")
     parts = []
     if before:
-        parts.append(x.narrow(axis, 1, before).flip(axis))
+        parts.append(_reversed_run(x, axis, 1, before, flip_as_matmul))
     parts.append(x)
     if after:
-        parts.append(x.narrow(axis, size - 1 - after, after).flip(axis))
+        parts.append(_reversed_run(x, axis, size - 1 - after, after, flip_as_matmul))
     return torch.cat(parts, dim=axis) if len(parts) > 1 else x
 
 
-def reflect_pad_by_slices(x: torch.Tensor, pad: tuple[int, ...]) -> torch.Tensor:
+def reflect_pad_by_slices(x: torch.Tensor, pad: tuple[int, ...], flip_as_matmul: bool = False) -> torch.Tensor:
     """``F.pad(x, pad, mode="reflect")`` for the last ``len(pad) // 2`` axes."""
     for index in range(len(pad) // 2):
         axis = x.dim() - 1 - index
-        x = _reflect_axis(x, axis, int(pad[2 * index]), int(pad[2 * index + 1]))
+        x = _reflect_axis(x, axis, int(pad[2 * index]), int(pad[2 * index + 1]), flip_as_matmul)
     return x
 
 
 _ORIGINAL_PAD = F.pad
 
 
-def _pad_with_slices(input: torch.Tensor, pad, mode: str = "constant", value=None) -> torch.Tensor:
+def _pad_with_slices(input: torch.Tensor, pad, mode: str = "constant", value=None,
+                     flip_as_matmul: bool = False) -> torch.Tensor:
     if mode == "reflect" and all(isinstance(p, int) and p >= 0 for p in pad):
-        return reflect_pad_by_slices(input, tuple(pad))
+        return reflect_pad_by_slices(input, tuple(pad), flip_as_matmul)
     if value is None:
         return _ORIGINAL_PAD(input, pad, mode=mode)
     return _ORIGINAL_PAD(input, pad, mode=mode, value=value)
 
 
 @contextlib.contextmanager
-def reflect_pads_as_slices(pads: bool = True, upsampling: bool = False) -> Iterator[None]:
-    """While active, reflect-mode ``F.pad`` (static non-negative pads) runs as slices and,
-    with ``upsampling``, integer-factor bilinear/nearest ``F.interpolate`` as a conv.
+def reflect_pads_as_slices(pads: bool = True, upsampling: bool = False,
+                           flip_as_matmul: bool = False) -> Iterator[None]:
+    """While active, reflect-mode ``F.pad`` (static non-negative pads) runs as slices (the
+    reversed rows, with ``flip_as_matmul``, as a product with an exchange matrix) and, with
+    ``upsampling``, integer-factor bilinear/nearest ``F.interpolate`` as a conv.
 
     Both forms give the same values, so a concurrent caller of ``F.pad`` or
     ``F.interpolate`` is not affected in its results.
     """
     saved_pad, saved_interpolate = F.pad, F.interpolate
     if pads:
-        F.pad = _pad_with_slices
+        F.pad = functools.partial(_pad_with_slices, flip_as_matmul=flip_as_matmul)
     if upsampling:
         F.interpolate = _interpolate_with_conv
     try:
@@ -196,14 +220,16 @@ class ReflectPadAsSlices(nn.Module):
     """Wraps a network: while it traces, its reflect pads become Slice/Concat ops and
     (with ``upsampling``) its Resize ops fixed convs + DepthToSpace."""
 
-    def __init__(self, network: nn.Module, pads: bool = True, upsampling: bool = False) -> None:
+    def __init__(self, network: nn.Module, pads: bool = True, upsampling: bool = False,
+                 flip_as_matmul: bool = False) -> None:
         super().__init__()
         self.network = network
         self.pads = pads
         self.upsampling = upsampling
+        self.flip_as_matmul = flip_as_matmul
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with reflect_pads_as_slices(self.pads, self.upsampling):
+        with reflect_pads_as_slices(self.pads, self.upsampling, self.flip_as_matmul):
             return self.network(x)
 
 
@@ -281,14 +307,35 @@ def _contiguous_runs(index: torch.Tensor, run: int) -> list[int] | None:
     return starts
 
 
+# The widest CONCATENATION XNNPACK took in LiteRT 2.3 (8 inputs stay outside it).
+XNNPACK_CONCAT_INPUTS = 4
+
+
+def concat_narrow(parts: list[torch.Tensor], dim: int, width: int = XNNPACK_CONCAT_INPUTS) -> torch.Tensor:
+    """``torch.cat(parts, dim)`` with at most ``width`` inputs per concatenation, for parts
+    of one shape: groups of ``width`` are concatenated, then stacked on a new axis and
+    reshaped (the last group filled up with copies that a slice drops). A plain tree of
+    concatenations would not do: the TFLite converter merges nested ones on one axis back
+    into a single wide one."""
+    if len(parts) <= width:
+        return torch.cat(parts, dim=dim) if len(parts) > 1 else parts[0]
+    dim = dim % parts[0].dim()
+    filled = parts + [parts[-1]] * (-len(parts) % width)
+    groups = [torch.cat(filled[i:i + width], dim=dim).unsqueeze(dim) for i in range(0, len(filled), width)]
+    shape = list(parts[0].shape)
+    shape[dim] *= len(filled)
+    whole = concat_narrow(groups, dim, width).reshape(shape)
+    return whole if len(filled) == len(parts) else whole.narrow(dim, 0, parts[0].shape[dim] * len(parts))
+
+
 class _SlicedBias(nn.Module):
     """Mixin forward for a ``FoldedWindowBias``: same expansion, slices instead of gathers."""
 
     def forward(self, anchor: torch.Tensor) -> torch.Tensor:
         (win_h, win_w), (grid_h, grid_w) = self.window_size, self.key_grid
         table = self.table + anchor
-        rows = torch.cat([table[:, s:s + win_h] for s in self.row_starts], dim=1)
-        expanded = torch.cat([rows[:, :, s:s + win_w] for s in self.col_starts], dim=2)
+        rows = concat_narrow([table[:, s:s + win_h] for s in self.row_starts], dim=1)
+        expanded = concat_narrow([rows[:, :, s:s + win_w] for s in self.col_starts], dim=2)
         expanded = expanded.view(self.heads, grid_h, win_h, grid_w, win_w).permute(0, 2, 4, 1, 3)
         return expanded.reshape(self.heads, win_h * win_w, grid_h * grid_w)
 
@@ -327,6 +374,18 @@ def bias_gathers_as_slices(model: nn.Module) -> nn.Module:
     return keep_descriptor(model, new)
 
 
+def _is_folded_correlation(module: nn.Module) -> bool:
+    return type(module).__name__ == "FoldedCorrelation" and hasattr(module, "bias_without_broadcast")
+
+
+def bias_matmul_unbroadcast(model: nn.Module) -> nn.Module:
+    def make(module: nn.Module) -> nn.Module:
+        module.bias_without_broadcast = True  # on replace_modules' copy
+        return module
+
+    return replace_modules(model, _is_folded_correlation, make)
+
+
 # --------------------------------------------------------------------------------------
 # Module replacement helpers and registration
 # --------------------------------------------------------------------------------------
@@ -352,10 +411,11 @@ def layernorm_as_elementary(model: nn.Module) -> nn.Module:
     return replace_modules(model, _is_last_axis_layernorm, ElementaryLayerNorm)
 
 
-def reflect_pads_sliced(model: nn.Module, upsampling: bool = False) -> nn.Module:
+def reflect_pads_sliced(model: nn.Module, upsampling: bool = False, flip_as_matmul: bool = False) -> nn.Module:
     """The model wrapped so that its reflect pads trace as slices (fixed sizes only) and,
     with ``upsampling``, its integer-factor interpolations as convs."""
-    return keep_descriptor(model, ReflectPadAsSlices(copy.deepcopy(model), pads=True, upsampling=upsampling))
+    return keep_descriptor(model, ReflectPadAsSlices(copy.deepcopy(model), pads=True, upsampling=upsampling,
+                                                     flip_as_matmul=flip_as_matmul))
 
 
 def _has(model: nn.Module, match) -> bool:
@@ -409,6 +469,23 @@ REFLECT_PAD_SLICES = register_rewrite(Rewrite(
                 "roi/scales inputs as not fixed-size)",
     applies=lambda model, context: _onnx_fixed(context) and _uses_reflect_pad_or_resize(model),
     apply=lambda model, context: reflect_pads_sliced(model, upsampling=True),
+))
+
+REFLECT_PAD_SLICES_XNNPACK = register_rewrite(Rewrite(
+    name="reflect_pad_slices_xnnpack",
+    description="reflect padding as slices, the reflected rows reversed by a constant exchange-matrix "
+                "product (exact; XNNPACK takes neither MIRROR_PAD nor REVERSE_V2, each a partition cut)",
+    applies=lambda model, context: (context.target == "tflite" and context.input_size is not None
+                                    and _uses_reflect_pad_or_resize(model)),
+    apply=lambda model, context: reflect_pads_sliced(model, flip_as_matmul=True),
+))
+
+BIAS_MATMUL_UNBROADCAST = register_rewrite(Rewrite(
+    name="bias_matmul_unbroadcast",
+    description="HiT-SR position-bias product as one matmul per head over all windows (litert-torch "
+                "lowers the broadcast matmul with BROADCAST_TO, which XNNPACK does not take)",
+    applies=lambda model, context: context.target == "tflite" and _has(model, _is_folded_correlation),
+    apply=lambda model, context: bias_matmul_unbroadcast(model),
 ))
 
 BIAS_SLICES = register_rewrite(Rewrite(

@@ -5,6 +5,8 @@ Needs only ai-edge-litert (and the ``flatbuffers`` package it depends on).
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,44 @@ class LiteRTRunner(Runner):
 
     def options(self) -> dict[str, Any]:
         return {"delegate": self.delegate, "threads": self.threads}
+
+
+@dataclass(frozen=True)
+class XnnpackCoverage:
+    """How XNNPACK took a TFLite graph: every partition boundary is a hand-off to TFLite's
+    own kernels and back."""
+    partitions: int
+    delegated: int  # nodes inside the partitions
+    nodes: int  # nodes of the graph
+    outside: dict[str, int] = field(default_factory=dict)  # op -> nodes left to TFLite's kernels
+
+
+def xnnpack_coverage(path: str | Path, threads: int | None = None) -> XnnpackCoverage:
+    """XNNPACK's partitions of the graph in ``path``, read after ``allocate_tensors``.
+
+    LiteRT lists the original nodes and then one DELEGATE node per partition; a
+    partition's nodes are those between its input and output tensors.
+    """
+    lib = require("ai_edge_litert.interpreter", "ai-edge-litert", "reading XNNPACK's partitions")
+    interpreter = lib.Interpreter(model_path=str(path), num_threads=threads)
+    interpreter.allocate_tensors()
+    ops = interpreter._get_ops_details()  # noqa: SLF001 - LiteRT's only op-level view
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    nodes = [op for op in ops if op["op_name"] != "DELEGATE"]
+    producer = {int(t): i for i, op in enumerate(nodes) for t in op["outputs"]}
+    taken: set[int] = set()
+    for delegate in delegates:
+        boundary = {int(t) for t in delegate["inputs"]}
+        stack = [int(t) for t in delegate["outputs"]]
+        while stack:
+            tensor = stack.pop()
+            node = producer.get(tensor)
+            if tensor in boundary or node is None or node in taken:
+                continue
+            taken.add(node)
+            stack.extend(int(t) for t in nodes[node]["inputs"] if t >= 0)
+    outside = Counter(op["op_name"] for i, op in enumerate(nodes) if i not in taken)
+    return XnnpackCoverage(len(delegates), len(taken), len(nodes), dict(outside.most_common()))
 
 
 def _gpu_delegate(lib):
