@@ -71,11 +71,12 @@ def _pytorch_gflop(model, size: tuple[int, int]) -> float:
     return flops / 1e9
 
 
-def _export(model, target: str, precision: str, options: dict, size, out_dir: Path, cache: Path | None):
+def _export(model, model_name: str, target: str, precision: str, options: dict, size, out_dir: Path,
+            cache: Path | None):
     """(artifact path, export seconds, parity status, report rewrites) for one file."""
     import edgesr
 
-    name = f"{target}_{precision}{'_fused' if options else ''}_{size[0]}x{size[1]}"
+    name = f"{model_name}_{target}_{precision}{'_fused' if options else ''}_{size[0]}x{size[1]}"
     directory = (cache or out_dir) / name
     reports = sorted(directory.glob("*.report.json")) if directory.exists() else []
     if cache and reports:
@@ -129,7 +130,7 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_di
         print(f"[{label} {size[0]}x{size[1]}] {runtime_label}: exporting", file=sys.stderr, flush=True)
         row = {"model": label, "size": f"{size[0]}x{size[1]}", "runtime": runtime_label}
         try:
-            path, seconds, parity, report = _export(model, target, precision, options, size, out_dir, cache)
+            path, seconds, parity, report = _export(model, name, target, precision, options, size, out_dir, cache)
         except Exception as exc:
             row["error"] = f"export failed: {str(exc).splitlines()[0][:200]}"
             rows.append(row)

@@ -79,8 +79,9 @@ def test_mixed_radix_and_plain_forms_match_fourier_unit(size: tuple[int, int], f
         expected = unit(x)
         scale = expected.abs().max().item()
         for each in {plan, *splits}:
-            error = (DFTFourierUnit(unit, size, each)(x) - expected).abs().max().item()
-            assert error <= 2e-6 * scale, (each.describe(), error, scale)
+            for broadcast_free in (False, True):  # True: TFLite's form of the second stage
+                error = (DFTFourierUnit(unit, size, each, broadcast_free)(x) - expected).abs().max().item()
+                assert error <= 2e-6 * scale, (each.describe(), broadcast_free, error, scale)
 
 
 def test_mixed_radix_is_chosen_where_it_takes_fewer_macs() -> None:
@@ -197,6 +198,7 @@ def test_prepare_for_export_picks_rewrites(model: nn.Module, target: str) -> Non
     assert not any(isinstance(m, (FourierUnit, DynamicDepthwiseConv2d)) for m in fixed.modules())
     units = [m for m in fixed.modules() if isinstance(m, DFTFourierUnit)]
     assert len(units) == SMALL["num_blocks"] and all(u.size == (24, 32) for u in units)
+    assert all(u.broadcast_free == (target == "tflite") for u in units)
     form = FORM_BY_TARGET[target]
     convs = [m for m in fixed.modules() if getattr(m, "form", None)]
     assert len(convs) == 2 * SMALL["num_blocks"] and all(c.form == form for c in convs)

@@ -207,7 +207,11 @@ def reflect_pads_as_slices(pads: bool = True, upsampling: bool = False,
     """
     saved_pad, saved_interpolate = F.pad, F.interpolate
     if pads:
-        F.pad = functools.partial(_pad_with_slices, flip_as_matmul=flip_as_matmul)
+        @functools.wraps(_ORIGINAL_PAD)  # torch.export reads the patched function's __name__
+        def pad(input, pad, mode="constant", value=None):
+            return _pad_with_slices(input, pad, mode, value, flip_as_matmul)
+
+        F.pad = pad
     if upsampling:
         F.interpolate = _interpolate_with_conv
     try:

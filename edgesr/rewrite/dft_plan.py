@@ -121,7 +121,21 @@ class Plan:
         return mats
 
 
-def forward(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> torch.Tensor:
+def _per_digit(matrices: torch.Tensor, x: torch.Tensor, broadcast_free: bool) -> torch.Tensor:
+    """``matrices`` (G, R, K) applied per digit g to ``x`` (B, C, G, K, Wr): (B, C, G, R, Wr).
+
+    ``broadcast_free``: as one matmul per digit with batch, channels and Wr side by side in
+    its columns, for converters that lower the broadcast over (B, C) with a BROADCAST_TO of
+    the constant (litert-torch: XNNPACK does not take it)."""
+    if not broadcast_free:
+        return torch.matmul(matrices, x)
+    batch, channels, groups, inner, wr = x.shape
+    columns = x.permute(2, 3, 0, 1, 4).reshape(groups, inner, batch * channels * wr)
+    out = torch.matmul(matrices, columns)
+    return out.reshape(groups, -1, batch, channels, wr).permute(2, 3, 0, 1, 4)
+
+
+def forward(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor], broadcast_free: bool = False) -> torch.Tensor:
     """rfft2(x, norm="ortho") as (B, 2C, F, Wr): channel 2c = Re X_c, 2c+1 = Im X_c,
     the H frequencies in the plan's digit order."""
     batch, channels, height, _ = x.shape
@@ -134,19 +148,21 @@ def forward(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> torch.Te
     ar = ar.reshape(batch, channels, h1, h2 * wr)
     ai = ai.reshape(batch, channels, h1, h2 * wr)
     first = torch.matmul(m["fwd_h1_re"], ar) + torch.matmul(m["fwd_h1_im"], ai)  # rows (k1, re/im)
-    second = torch.matmul(m["fwd_h2"], first.reshape(batch, channels, h1, 2 * h2, wr))  # (.., k1, (re/im, k2), Wr)
+    second = _per_digit(m["fwd_h2"], first.reshape(batch, channels, h1, 2 * h2, wr), broadcast_free)
+    # second: (.., k1, (re/im, k2), Wr)
     spectrum = second.reshape(batch, channels, h1, 2, h2 * wr).transpose(2, 3)  # re/im next to the channel
     return spectrum.reshape(batch, 2 * channels, height, wr)
 
 
-def inverse(z: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> torch.Tensor:
+def inverse(z: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor], broadcast_free: bool = False) -> torch.Tensor:
     """irfft2(., s=(H, W), norm="ortho") of a spectrum laid out as ``forward`` returns it."""
     batch, channels2, height, wr = z.shape
     channels = channels2 // 2
     if plan.factored:
         h1, h2 = plan.outer, plan.inner
         digits = z.reshape(batch, channels, 2, h1, h2 * wr).transpose(2, 3)  # (.., k1, re/im, (k2, Wr))
-        second = torch.matmul(m["inv_h2"], digits.reshape(batch, channels, h1, 2 * h2, wr))  # rows (re/im, h2)
+        second = _per_digit(m["inv_h2"], digits.reshape(batch, channels, h1, 2 * h2, wr), broadcast_free)
+        # second: rows (re/im, h2)
         q = torch.matmul(m["inv_h1"], second.reshape(batch, channels, 2 * h1, h2 * wr))  # rows (re/im, h1)
     else:
         q = torch.matmul(m["inv_h"], z.reshape(batch, channels, 2 * height, wr))

@@ -42,7 +42,15 @@ Whole SRConvNet x4 (defaults) at 1x3x128x128 with the Fourier DFT rewrite: see
 for the full model with the dynamo exporter, vs about 1 min for bank_conv) because
 they add ~3*(25+49) nodes per block.
 
-Choice: ``bank_conv`` for every target. It is the fastest constant-weight form in
+The same pair at 128x128 on a quiet 2-core AVX-512 host (2026-12-03, 2 threads, median of 7):
+LiteRT with XNNPACK runs ``bank_conv_mulsum`` in 101 ms, ``shifted_sum`` and
+``row_shifted_sum`` in 30 ms (one XNNPACK partition each), the runtime-weight depthwise
+conv in 7.4 ms, but outside XNNPACK (3 partitions per pair) and outside the GPU delegate;
+onnxruntime runs ``bank_conv`` in 54 ms, ``row_shifted_sum`` 72, ``shifted_sum`` 102,
+the runtime-weight original 12 ms.
+
+Choice: ``bank_conv`` for ONNX and CoreML; ``shifted_sum`` for TFLite (XNNPACK runs the
+elementwise taps 3.4x faster than the bank and its K-fold intermediate). It is the fastest constant-weight form in
 ORT and in eager; for CoreML and LiteRT delegates a single constant depthwise conv
 plus one matmul maps onto the ANE/GPU/NPU conv units, whereas the shifted sum is
 ~220 small elementwise/slice ops per block (per-op dispatch cost on accelerators).
@@ -184,11 +192,12 @@ _MEASURED_FULL: dict[str, tuple[float, float, float, float]] = {
 }
 
 # From the measurements in the module docstring.
-FORM_BY_TARGET = {"onnx": "bank_conv", "tflite": "bank_conv_mulsum", "coreml": "bank_conv"}
+FORM_BY_TARGET = {"onnx": "bank_conv", "tflite": "shifted_sum", "coreml": "bank_conv"}
 _WHY = {
     "onnx": "fastest constant-weight form on ORT CPU; mobile EPs need constant conv weights",
-    "tflite": "one constant depthwise conv + Mul + Sum: litert-torch lowers bank_conv's broadcast "
-              "matmul with a BROADCAST_TO that XNNPACK does not take (a partition boundary per conv)",
+    "tflite": "the mixed kernel applied as k*k shifted multiply-adds, all in XNNPACK: 30 ms per MixFFN "
+              "pair at 128x128 vs 101 ms for the bank conv + Mul + Sum (a runtime-weight depthwise conv, "
+              "7 ms, runs outside XNNPACK and the GPU delegate)",
     "coreml": "one constant depthwise conv + matmul; fastest constant-weight form measured, "
               "ANE-friendly",
 }
