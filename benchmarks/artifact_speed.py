@@ -81,7 +81,8 @@ def _export(model, model_name: str, target: str, precision: str, options: dict, 
     reports = sorted(directory.glob("*.report.json")) if directory.exists() else []
     if cache and reports:
         report = json.loads(reports[0].read_text())
-        return Path(report["artifact"]), sum(report["timings_s"].values()), report["parity"]["status"], report
+        artifact = directory / Path(report["artifact"]).name  # the cache folder may have moved
+        return artifact, sum(report["timings_s"].values()), report["parity"]["status"], report
     started = time.perf_counter()
     report = edgesr.export(model, target, input_size=size, precision=precision, out_dir=directory,
                            allow_partial_delegation=True, **options)
@@ -164,6 +165,13 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_di
                 times[key].append((time.perf_counter() - started) * 1e3)
     for runner in runners.values():
         runner.close()
+    for row in rows:  # where the ORT time goes: one profiled run per file, after the timing
+        if row.get("artifact", "").endswith(".onnx"):
+            profiled = open_runner(row["artifact"], threads=threads, profile_first_run=True)
+            profiled.run_native(profiled.native_input(*size))
+            op_ms = profiled.placement["CPUExecutionProvider"]["op_ms"]
+            total = sum(op_ms.values())
+            row["ort_profile"] = {op: ms / total for op, ms in list(op_ms.items())[:8]}
     eager_ms = statistics.median(times["PyTorch eager"])
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:  # eager RSS from a checkpoint of the same weights, as a user would load it
@@ -202,6 +210,12 @@ def to_markdown(rows: list[dict], header: str) -> str:
             f"{_cell(row.get('vs_eager'), '.2f')}x | {_cell(row.get('gflop'), '.2f')} | "
             f"{_cell(row.get('gflop_vs_pytorch'), '.2f')}x | {partitions} | {_cell(row.get('peak_rss_mb'), '.0f')} | "
             f"{_cell(row.get('export_s'), '.0f')} | {row.get('parity', '-')} |")
+    profiled = [row for row in rows if row.get("ort_profile")]
+    if profiled:
+        lines += ["", "Where onnxruntime spends its time (share of kernel time in one profiled run, top ops; "
+                  "LiteRT runs each file as one XNNPACK node, which its Python API does not break down):", ""]
+        lines += [f"- {row['model']} {row['size']} {row['runtime']}: "
+                  + ", ".join(f"{op} {share:.0%}" for op, share in row["ort_profile"].items()) for row in profiled]
     forms = sorted({row["fourier_form"] for row in rows if row.get("fourier_form")})
     if forms:
         lines += ["", "Fourier unit form named in the export reports:", ""] + [f"- {form}" for form in forms]

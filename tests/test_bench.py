@@ -131,8 +131,10 @@ def test_gpu_provider_settings_and_partition_report():
               node("/tail/Clip", "Clip", cpu, 100),
               {"cat": "Node", "name": "/tail/Clip_fence_before", "dur": 1, "args": {"op_name": "Clip"}}]
     placement = placement_from_profile(events)
-    assert placement == {trt: {"nodes": 1, "ms": 4.0, "ops": {"TRTKernel_graph_main_0": 1}},
-                         cpu: {"nodes": 2, "ms": 0.6, "ops": {"DepthToSpace": 1, "Clip": 1}}}
+    assert placement == {trt: {"nodes": 1, "ms": 4.0, "ops": {"TRTKernel_graph_main_0": 1},
+                               "op_ms": {"TRTKernel_graph_main_0": 4.0}},
+                         cpu: {"nodes": 2, "ms": 0.6, "ops": {"DepthToSpace": 1, "Clip": 1},
+                               "op_ms": {"DepthToSpace": 0.5, "Clip": 0.1}}}
     lines = format_placement(placement)
     assert lines[0].startswith("providers   CPUExecutionProvider: 2 node(s)")
     assert "DepthToSpace x1, Clip x1" in lines[-1]

@@ -159,10 +159,11 @@ def test_bias_slices_match_gathers():
         pos = WindowPositionBias(48, 3, window, grid).eval()
         folded = hit_bias.FoldedWindowBias(pos)
         holder = nn.Sequential(folded)
-        sliced = delegate_ops.bias_gathers_as_slices(holder)[0]
-        assert type(sliced).__name__.startswith("Sliced")
         anchor = torch.zeros(1, 1, 1)
-        assert torch.equal(sliced(anchor), folded(anchor))
+        for narrow in (False, True):
+            sliced = delegate_ops.bias_gathers_as_slices(holder, narrow_concats=narrow)[0]
+            assert type(sliced).__name__.startswith("Sliced")
+            assert torch.equal(sliced(anchor), folded(anchor))
 
 
 def test_rewrites_are_chosen_per_target():

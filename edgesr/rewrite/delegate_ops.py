@@ -338,8 +338,9 @@ class _SlicedBias(nn.Module):
     def forward(self, anchor: torch.Tensor) -> torch.Tensor:
         (win_h, win_w), (grid_h, grid_w) = self.window_size, self.key_grid
         table = self.table + anchor
-        rows = concat_narrow([table[:, s:s + win_h] for s in self.row_starts], dim=1)
-        expanded = concat_narrow([rows[:, :, s:s + win_w] for s in self.col_starts], dim=2)
+        width = XNNPACK_CONCAT_INPUTS if self.narrow_concats else len(self.row_starts) + len(self.col_starts)
+        rows = concat_narrow([table[:, s:s + win_h] for s in self.row_starts], 1, width)
+        expanded = concat_narrow([rows[:, :, s:s + win_w] for s in self.col_starts], 2, width)
         expanded = expanded.view(self.heads, grid_h, win_h, grid_w, win_w).permute(0, 2, 4, 1, 3)
         return expanded.reshape(self.heads, win_h * win_w, grid_h * grid_w)
 
@@ -369,11 +370,13 @@ def _bias_modules(model: nn.Module) -> list[nn.Module]:
     return found
 
 
-def bias_gathers_as_slices(model: nn.Module) -> nn.Module:
+def bias_gathers_as_slices(model: nn.Module, narrow_concats: bool = False) -> nn.Module:
+    """``narrow_concats``: at most XNNPACK_CONCAT_INPUTS per concatenation (TFLite)."""
     new = copy.deepcopy(model)
     for module in _bias_modules(new):
         module.row_starts = _contiguous_runs(module.rows, module.window_size[0])
         module.col_starts = _contiguous_runs(module.cols, module.window_size[1])
+        module.narrow_concats = narrow_concats
         module.__class__ = _sliced_class(type(module))
     return keep_descriptor(model, new)
 
@@ -497,5 +500,5 @@ BIAS_SLICES = register_rewrite(Rewrite(
     description="HiT-SR position bias expanded by contiguous slices, not constant-index gathers "
                 "(Gather: not in CoreML MLProgram, not on the Neural Engine)",
     applies=lambda model, context: bool(_bias_modules(model)),
-    apply=lambda model, context: bias_gathers_as_slices(model),
+    apply=lambda model, context: bias_gathers_as_slices(model, narrow_concats=context.target == "tflite"),
 ))
