@@ -78,6 +78,10 @@ def info(
         ("layout", details["layout"] or "-"),
         ("sha256", details["sha256"] or "-"),
     ]
+    _echo_rows(rows)
+
+
+def _echo_rows(rows: list[tuple[str, str]]) -> None:
     width_col = max(len(name) for name, _ in rows)
     for name, value in rows:
         typer.echo(f"{name:<{width_col}}  {value}")
@@ -97,9 +101,7 @@ def _artifact_info(path: Path, as_json: bool) -> None:
             ("input size", "any" if facts.input_size is None else f"{facts.input_size[0]}x{facts.input_size[1]}"),
             ("input", tensor(facts.input)), ("output", tensor(facts.output)),
             ("source sha256", facts.sha256 or "-")]
-    width_col = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        typer.echo(f"{name:<{width_col}}  {value}")
+    _echo_rows(rows)
 
 
 RUNTIME_OPTION = typer.Option(None, "--runtime", help="pytorch, onnxruntime, litert or coreml "

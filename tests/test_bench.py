@@ -114,10 +114,9 @@ def test_gpu_provider_settings_and_partition_report():
     assert options == [{"device_id": "1", "trt_fp16_enable": "True", "trt_max_workspace_size": str(3 * 2**29)},
                        {"device_id": "1"}, {}]
     assert provider_options_for([cpu]) == [{}]
-    for kwargs, message in [({"trt_fp16": True}, "add --provider tensorrt"),
-                            ({"device_id": 0}, "cuda or tensorrt"),
-                            ({"trt_workspace_gb": 0}, "above 0")]:
-        providers = [trt, cpu] if "workspace" in str(kwargs) else [cpu]
+    for providers, kwargs, message in [([cpu], {"trt_fp16": True}, "add --provider tensorrt"),
+                                       ([cpu], {"device_id": 0}, "cuda or tensorrt"),
+                                       ([trt, cpu], {"trt_workspace_gb": 0}, "above 0")]:
         with pytest.raises(EdgeSRError, match=message):
             provider_options_for(providers, **kwargs)
 

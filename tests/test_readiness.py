@@ -94,12 +94,15 @@ def test_narrow_concatenation_is_the_concatenation(count):
         assert torch.equal(delegate_ops.concat_narrow(parts, dim), torch.cat(parts, dim))
 
 
-def test_shared_matmul_matches_the_broadcast_product():
-    hit_windows = pytest.importorskip("edgesr.rewrite.hit_windows")
-    for n, heads, area, cells, d in [(1, 2, 16, 4, 8), (9, 3, 64, 16, 5), (4, 1, 7, 3, 2)]:
-        shared, batched = torch.randn(heads, area, cells), torch.randn(n, heads, cells, d)
-        result = hit_windows.shared_matmul(shared, batched)
-        assert result.shape == (n, heads, area, d)
+def test_matmul_without_broadcast_matches_the_broadcast_product():
+    from edgesr.rewrite.layout import matmul_without_broadcast
+
+    # (lead axes, groups, rows, inner, tail): HiT-SR's bias (windows,) and the DFT's (batch, channels)
+    for lead, groups, rows, inner, tail in [((1,), 2, 16, 4, 8), ((9,), 3, 64, 16, 5), ((4,), 1, 7, 3, 2),
+                                            ((2, 3), 4, 10, 10, 7)]:
+        shared, batched = torch.randn(groups, rows, inner), torch.randn(*lead, groups, inner, tail)
+        result = matmul_without_broadcast(shared, batched)
+        assert result.shape == (*lead, groups, rows, tail)
         assert (result - shared @ batched).abs().max().item() < 1e-5
 
 

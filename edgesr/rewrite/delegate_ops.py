@@ -338,9 +338,9 @@ class _SlicedBias(nn.Module):
     def forward(self, anchor: torch.Tensor) -> torch.Tensor:
         (win_h, win_w), (grid_h, grid_w) = self.window_size, self.key_grid
         table = self.table + anchor
-        width = XNNPACK_CONCAT_INPUTS if self.narrow_concats else len(self.row_starts) + len(self.col_starts)
-        rows = concat_narrow([table[:, s:s + win_h] for s in self.row_starts], 1, width)
-        expanded = concat_narrow([rows[:, :, s:s + win_w] for s in self.col_starts], 2, width)
+        concat = concat_narrow if self.narrow_concats else torch.cat
+        rows = concat([table[:, s:s + win_h] for s in self.row_starts], dim=1)
+        expanded = concat([rows[:, :, s:s + win_w] for s in self.col_starts], dim=2)
         expanded = expanded.view(self.heads, grid_h, win_h, grid_w, win_w).permute(0, 2, 4, 1, 3)
         return expanded.reshape(self.heads, win_h * win_w, grid_h * grid_w)
 

@@ -34,6 +34,8 @@ from functools import lru_cache
 
 import torch
 
+from edgesr.rewrite.layout import matmul_without_broadcast
+
 
 def _phase(rows: torch.Tensor, cols: torch.Tensor, period: int, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of sign * 2 pi (r*c mod period) / period, in float64 (the integer
@@ -122,17 +124,10 @@ class Plan:
 
 
 def _per_digit(matrices: torch.Tensor, x: torch.Tensor, broadcast_free: bool) -> torch.Tensor:
-    """``matrices`` (G, R, K) applied per digit g to ``x`` (B, C, G, K, Wr): (B, C, G, R, Wr).
-
-    ``broadcast_free``: as one matmul per digit with batch, channels and Wr side by side in
-    its columns, for converters that lower the broadcast over (B, C) with a BROADCAST_TO of
-    the constant (litert-torch: XNNPACK does not take it)."""
-    if not broadcast_free:
-        return torch.matmul(matrices, x)
-    batch, channels, groups, inner, wr = x.shape
-    columns = x.permute(2, 3, 0, 1, 4).reshape(groups, inner, batch * channels * wr)
-    out = torch.matmul(matrices, columns)
-    return out.reshape(groups, -1, batch, channels, wr).permute(2, 3, 0, 1, 4)
+    """``matrices`` (G, R, K) applied per digit g to ``x`` (B, C, G, K, Wr): (B, C, G, R, Wr);
+    ``broadcast_free`` for converters that lower the broadcast over (B, C) with a
+    BROADCAST_TO of the constant (``layout.matmul_without_broadcast``)."""
+    return matmul_without_broadcast(matrices, x) if broadcast_free else torch.matmul(matrices, x)
 
 
 def forward(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor], broadcast_free: bool = False) -> torch.Tensor:

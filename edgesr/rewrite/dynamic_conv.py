@@ -49,14 +49,13 @@ conv in 7.4 ms, but outside XNNPACK (3 partitions per pair) and outside the GPU 
 onnxruntime runs ``bank_conv`` in 54 ms, ``row_shifted_sum`` 72, ``shifted_sum`` 102,
 the runtime-weight original 12 ms.
 
-Choice: ``bank_conv`` for ONNX and CoreML; ``shifted_sum`` for TFLite (XNNPACK runs the
-elementwise taps 3.4x faster than the bank and its K-fold intermediate). It is the fastest constant-weight form in
-ORT and in eager; for CoreML and LiteRT delegates a single constant depthwise conv
-plus one matmul maps onto the ANE/GPU/NPU conv units, whereas the shifted sum is
-~220 small elementwise/slice ops per block (per-op dispatch cost on accelerators).
-LiteRT (CPU interpreter) and CoreML conversion were checked with this form. The
-exception is a fixed-size ONNX file for desktop onnxruntime (``--fused-ops``), which
-keeps the original runtime-weight conv (``_needs_constant_weights``).
+Choice: ``bank_conv`` for ONNX and CoreML, the fastest constant-weight form in ORT and in
+eager; for CoreML a single constant depthwise conv plus one matmul maps onto the ANE's conv
+units, whereas the shifted sum is ~220 small elementwise/slice ops per block (per-op
+dispatch cost there). ``shifted_sum`` for TFLite: XNNPACK runs its elementwise taps 3.4x
+faster than the bank with its K-fold intermediate, in one partition. The exception is a
+fixed-size ONNX file for desktop onnxruntime (``--fused-ops``), which keeps the original
+runtime-weight conv (``_needs_constant_weights``).
 """
 from __future__ import annotations
 

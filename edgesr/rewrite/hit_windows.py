@@ -65,6 +65,7 @@ from edgesr.models.hit_common import (
     padding_to_multiple,
 )
 from edgesr.rewrite.hit_bias import FoldedWindowBias, runtime_zero
+from edgesr.rewrite.layout import matmul_without_broadcast
 from edgesr.rewrite.plan import ExportContext, Rewrite, by_input_size, register_rewrite, replace_modules
 
 # --------------------------------------------------------------------------------------
@@ -179,15 +180,6 @@ def magnitude_peak(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     return F.max_pool2d(magnitude(x), window, window)
 
 
-def shared_matmul(shared: torch.Tensor, batched: torch.Tensor) -> torch.Tensor:
-    """``shared @ batched`` for ``shared`` (h, a, c) and ``batched`` (n, h, c, d) without
-    broadcasting ``shared`` over n: one matmul per h with the n blocks side by side in its
-    columns. The same products; a graph without the broadcast (BROADCAST_TO in TFLite)."""
-    n, heads, cells, d = batched.shape
-    columns = batched.permute(1, 2, 0, 3).reshape(heads, cells, n * d)
-    return (shared @ columns).reshape(heads, shared.shape[1], n, d).permute(2, 0, 1, 3)
-
-
 class FoldedCorrelation(nn.Module):
     """``SpatialChannelCorrelation`` (and HiT-SNG's n-gram subclass) without rank > 5
     tensors, with the position bias folded and the spatial product reassociated.
@@ -211,7 +203,7 @@ class FoldedCorrelation(nn.Module):
         self.pos = correlation.pos  # parameters only (official keys); folded below
         self.folded_pos = FoldedWindowBias(correlation.pos)
         self.register_buffer("one", torch.ones(()), persistent=False)
-        # Set by delegate_ops.bias_matmul_unbroadcast for TFLite (see shared_matmul).
+        # Set by delegate_ops.bias_matmul_unbroadcast for TFLite (layout.matmul_without_broadcast).
         self.bias_without_broadcast = False
         self.ngram = hasattr(correlation, "ngram_window_partition")
         if self.ngram:
@@ -263,7 +255,7 @@ class FoldedCorrelation(nn.Module):
         gram = p_h.transpose(-2, -1) @ p_h  # (n, heads, d, d)
         # The bias term is linear in P: it lacks the pixel's factor and one factor of s.
         bias = self.folded_pos(anchor)  # (heads, area, cells), shared by every window
-        bias_term = shared_matmul(bias, p_h) if self.bias_without_broadcast else bias @ p_h
+        bias_term = matmul_without_broadcast(bias, p_h) if self.bias_without_broadcast else bias @ p_h
         bias_term = bias_term * (inv_r * inv_s)[:, None]
         spatial = (q_own @ gram) / head_dim + bias_term
         spatial = spatial.transpose(1, 2).reshape(n, area, half)

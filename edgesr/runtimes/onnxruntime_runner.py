@@ -114,26 +114,21 @@ def placement_from_profile(events: list[dict[str, Any]]) -> dict[str, dict[str, 
     is a hand-off from the GPU and back.
     """
     nodes: dict[str, tuple[str, str]] = {}
-    time_us: Counter[str] = Counter()
     op_us: dict[str, Counter[str]] = {}
     for event in events:
         args = event.get("args") or {}
         if event.get("cat") != "Node" or "provider" not in args:
             continue
-        name = str(event.get("name", "")).removesuffix("_kernel_time")
         provider, op = args["provider"], args.get("op_name", "?")
-        nodes[name] = (provider, op)
-        time_us[provider] += float(event.get("dur", 0))
+        nodes[str(event.get("name", "")).removesuffix("_kernel_time")] = (provider, op)
         op_us.setdefault(provider, Counter())[op] += float(event.get("dur", 0))
-    report: dict[str, dict[str, Any]] = {}
+    op_counts: dict[str, Counter[str]] = {}
     for provider, op in nodes.values():
-        entry = report.setdefault(provider, {"nodes": 0, "ops": Counter()})
-        entry["nodes"] += 1
-        entry["ops"][op] += 1
-    return {provider: {"nodes": entry["nodes"], "ms": time_us[provider] / 1e3,
-                       "ops": dict(entry["ops"].most_common()),
+        op_counts.setdefault(provider, Counter())[op] += 1
+    return {provider: {"nodes": sum(ops.values()), "ms": sum(op_us[provider].values()) / 1e3,
+                       "ops": dict(ops.most_common()),
                        "op_ms": {op: us / 1e3 for op, us in op_us[provider].most_common()}}
-            for provider, entry in report.items()}
+            for provider, ops in op_counts.items()}
 
 
 class OnnxRuntimeRunner(Runner):
