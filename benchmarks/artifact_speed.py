@@ -5,12 +5,16 @@ For SRConvNet x4 (official configuration, random weights) and HiT-SRF x4 (the tr
 benchmark exports (or reuses, with ``--cache``) through the library API, exactly as
 ``edgesr export`` does (parity gate on):
 
-* ONNX fp32, the default fixed-size graph (the delegate forms) and ``--fused-ops``;
+* ONNX fp32: the default fixed-size graph (onnxruntime's fused ops, float16-safe range),
+  ``--delegate-ready`` (the forms NNAPI and the CoreML EP take whole) and ``--fused-ops``
+  (float32 only);
 * TFLite fp32 and fp16 (litert-torch), run in LiteRT with XNNPACK;
 
 then times PyTorch eager and every file **interleaved in one process** (round robin,
 ``--repeats`` rounds, same ``--threads``), so that load on the shared machine moves all
-of them alike. Columns: median latency, ratio to eager (> 1: the file is faster), GFLOP
+of them alike; a pause before each timed call lets the previous runtime's worker threads
+stop spinning (onnxruntime's, OpenMP's and XNNPACK's pools busy-wait after a run, and on
+2 cores they would slow whichever runtime comes next). Columns: median latency, ratio to eager (> 1: the file is faster), GFLOP
 of the graph (Conv/MatMul/Gemm; TFLite conv/FC/batch-matmul) against the PyTorch
 model's (its FLOP counter, plus torch.fft counted as 5 N log2 N per complex transform),
 XNNPACK partitions and delegated nodes, peak RSS of one inference in a fresh process
@@ -36,13 +40,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 HITNET = REPO.parent / "shared" / "data" / "weights" / "HiTNet.pth"
 
-# (label, target, precision, export options)
+# (label, file tag, target, precision, export options)
 ARTIFACTS = (
-    ("ORT fp32 (default graph)", "onnx", "fp32", {}),
-    ("ORT fp32 (--fused-ops)", "onnx", "fp32", {"fused_ops": True}),
-    ("LiteRT fp32 (XNNPACK)", "tflite", "fp32", {}),
-    ("LiteRT fp16 (XNNPACK)", "tflite", "fp16", {}),
+    ("ORT fp32 (default graph)", "", "onnx", "fp32", {}),
+    ("ORT fp32 (--delegate-ready)", "_mobile", "onnx", "fp32", {"delegate_ready": True}),
+    ("ORT fp32 (--fused-ops)", "_fused", "onnx", "fp32", {"fused_ops": True}),
+    ("LiteRT fp32 (XNNPACK)", "", "tflite", "fp32", {}),
+    ("LiteRT fp16 (XNNPACK)", "", "tflite", "fp16", {}),
 )
+# Seconds between timed calls: longer than any runtime's pool spins after a run.
+PAUSE_S = 0.2
 
 
 def _model(name: str):
@@ -71,12 +78,12 @@ def _pytorch_gflop(model, size: tuple[int, int]) -> float:
     return flops / 1e9
 
 
-def _export(model, model_name: str, target: str, precision: str, options: dict, size, out_dir: Path,
+def _export(model, model_name: str, tag: str, target: str, precision: str, options: dict, size, out_dir: Path,
             cache: Path | None):
     """(artifact path, export seconds, parity status, report rewrites) for one file."""
     import edgesr
 
-    name = f"{model_name}_{target}_{precision}{'_fused' if options else ''}_{size[0]}x{size[1]}"
+    name = f"{model_name}_{target}_{precision}{tag}_{size[0]}x{size[1]}"
     directory = (cache or out_dir) / name
     reports = sorted(directory.glob("*.report.json")) if directory.exists() else []
     if cache and reports:
@@ -127,11 +134,12 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_di
     rows = [{"model": label, "size": f"{size[0]}x{size[1]}", "runtime": "PyTorch eager",
              "gflop": _pytorch_gflop(model, size)}]
     runners = {}
-    for runtime_label, target, precision, options in ARTIFACTS:
+    for runtime_label, tag, target, precision, options in ARTIFACTS:
         print(f"[{label} {size[0]}x{size[1]}] {runtime_label}: exporting", file=sys.stderr, flush=True)
         row = {"model": label, "size": f"{size[0]}x{size[1]}", "runtime": runtime_label}
         try:
-            path, seconds, parity, report = _export(model, name, target, precision, options, size, out_dir, cache)
+            path, seconds, parity, report = _export(model, name, tag, target, precision, options, size, out_dir,
+                                                    cache)
         except Exception as exc:
             row["error"] = f"export failed: {str(exc).splitlines()[0][:200]}"
             rows.append(row)
@@ -160,6 +168,7 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_di
             call()
         for _ in range(repeats):
             for key, call in calls.items():
+                time.sleep(PAUSE_S)
                 started = time.perf_counter()
                 call()
                 times[key].append((time.perf_counter() - started) * 1e3)
@@ -238,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
               f"`python benchmarks/artifact_speed.py --sizes {' '.join(map(str, args.sizes))} "
               f"--threads {args.threads} --repeats {args.repeats}` (edgesr {__version__}). One process, "
               f"the runtimes interleaved round robin, {args.threads} threads each, median of {args.repeats} "
-              f"rounds, batch 1 fp32 input. CPU: {hostcpu.summary()}. 'vs eager' > 1 means the file runs "
+              f"rounds ({PAUSE_S} s pause before each timed call, so that no runtime's worker threads "
+              f"still spin), batch 1 fp32 input. CPU: {hostcpu.summary()}. 'vs eager' > 1 means the file runs "
               f"faster than the PyTorch model. Ratios within one run are what the figures support; the "
               f"absolute times move with the shared machine's load.")
     rows = []

@@ -6,9 +6,9 @@ SRConvNet x4) at 1x3xHxW (default 128x128):
 * PyTorch eager latency of the original model (``with_unit_range``, no rewrites);
 * the ONNX export as the pipeline makes it: ``prepare_for_export(model, "onnx", size)``,
   ``with_unit_range``, then ``OnnxTarget.convert`` (dynamo exporter + onnxsim), in two
-  forms (``--forms``): "mobile", the fixed-size default with the delegate-friendly
-  GELU/LayerNorm/padding, and "fused" (``edgesr export --fused-ops``), which keeps the
-  ops desktop onnxruntime fuses;
+  forms (``--forms``): "mobile" (``edgesr export --delegate-ready``), with the
+  delegate-friendly GELU/LayerNorm/padding, and "fused" (the default fp32 graph), which
+  keeps the ops desktop onnxruntime fuses;
 * onnxruntime fp32 CPU session-creation time and latency, measured in a child process
   whose address space is capped (``--mem-cap-gb``) so a runaway session cannot take
   the machine down, and the ORT output's max |difference| from eager;
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--mem-cap-gb", type=float, default=8.0)
     parser.add_argument("--forms", default="mobile,fused",
-                        help="mobile (default export) and/or fused (edgesr export --fused-ops)")
+                        help="mobile (edgesr export --delegate-ready) and/or fused (the default fp32 export)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the .onnx files and results.json")
     parser.add_argument("--profile", action="store_true",
                         help="split eager and ORT time into conv / matmul / other, with the speed-up ceiling")

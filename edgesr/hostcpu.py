@@ -18,18 +18,30 @@ VNNI = ("avx512_vnni", "avx_vnni")
 
 
 @lru_cache(maxsize=1)
-def vector_extensions() -> tuple[str, ...]:
-    """The REPORTED extensions this CPU has (empty where /proc/cpuinfo is not readable)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each /proc/cpuinfo key (empty where it is not readable)."""
     try:
         text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
     except OSError:
-        return ()
-    flags: set[str] = set()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def vector_extensions() -> tuple[str, ...]:
+    """The REPORTED extensions this CPU has (empty where /proc/cpuinfo is not readable)."""
+    fields = _cpuinfo()
+    flags = set(fields.get("flags", "").split()) | set(fields.get("Features", "").split())
     return tuple(name for name in REPORTED if name in flags)
+
+
+def model_name() -> str:
+    """The CPU's model name: speed ratios against PyTorch move with it, not only with the
+    extensions (PyTorch's MKL takes slower paths on AMD CPUs than on Intel ones)."""
+    return _cpuinfo().get("model name") or platform.processor() or "unknown CPU"
 
 
 def u8s8_saturates() -> bool:
@@ -41,10 +53,11 @@ def u8s8_saturates() -> bool:
 
 def describe() -> dict:
     """The CPU facts a figure is reported with."""
-    return {"machine": platform.machine(), "vector_extensions": list(vector_extensions()),
+    return {"machine": platform.machine(), "model": model_name(), "vector_extensions": list(vector_extensions()),
             "u8s8_saturates": u8s8_saturates()}
 
 
 def summary() -> str:
     extensions = vector_extensions()
-    return f"{platform.machine()} ({', '.join(extensions) if extensions else 'no AVX2/VNNI/dot-product flags seen'})"
+    return (f"{model_name()}, {platform.machine()} "
+            f"({', '.join(extensions) if extensions else 'no AVX2/VNNI/dot-product flags seen'})")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -260,8 +261,10 @@ def exports(tmp_path_factory):
     """One small export per target (the analyzers' inputs), made once."""
     out = tmp_path_factory.mktemp("readiness")
     model = make_every_branch_count(create("srconvnet", 2, **SRCONVNET_SMALL))
+    # ONNX with --delegate-ready: the graph NNAPI and the CoreML EP take whole (its default fp32
+    # graph keeps onnxruntime's fused ops; test_default_fp32_onnx_keeps_fused_ops).
     return {target: export(model, target, input_size=SIZE, out_dir=out, check=(target == "onnx"),
-                           delegate_ready=False)
+                           delegate_ready=(target == "onnx"))
             for target in ("onnx", "tflite", "coreml")}
 
 
@@ -317,6 +320,24 @@ def test_fused_ops_keep_desktop_kernels_and_parity(tmp_path):
     assert {"Erf", "LayerNormalization"} <= ops, sorted(ops)
     names = [r["name"] for r in report.rewrites]
     assert "gelu_without_erf" not in names and "gelu_fusable" in names
+    # fp32 only: no range scaling, and a float16 runtime is refused for this file.
+    from edgesr.runtimes.onnxruntime_runner import read_metadata, refuse_float16_for_float32_only
+
+    assert "correlation_range_unscaled" in names
+    metadata = read_metadata(report.artifact)
+    assert metadata["edgesr.float32_only"] == "true"
+    with pytest.raises(EdgeSRError, match="drop --trt-fp16"):
+        refuse_float16_for_float32_only(Path(report.artifact), metadata)
+    # The default fp32 file keeps the fused ops as well, and the float16 range scaling (for
+    # --trt-fp16); the report says how to get a graph NNAPI takes whole.
+    default = export(model, "onnx", input_size=SIZE, out_dir=tmp_path, name="default")
+    assert "edgesr.float32_only" not in read_metadata(default.artifact)
+    refuse_float16_for_float32_only(Path(default.artifact), read_metadata(default.artifact))
+    default_names = [r["name"] for r in default.rewrites]
+    assert "gelu_without_erf" not in default_names and "correlation_range_unscaled" not in default_names
+    assert {"Erf", "LayerNormalization"} <= {node.op_type for node in onnx.load(default.artifact).graph.node}
+    assert default.status == "passed" and default.readiness["split"] is True
+    assert any("--delegate-ready" in note for note in default.notes), default.notes
     nnapi = next(d for d in report.readiness["delegates"] if d["name"] == "NNAPI")
     assert nnapi["verdict"] != "YES" and report.readiness["split"] is True
     with pytest.raises(EdgeSRError, match="--fused-ops"):
@@ -327,8 +348,10 @@ def test_fused_ops_keep_desktop_kernels_and_parity(tmp_path):
         export(model, "tflite", input_size=SIZE, out_dir=tmp_path, name="tfl", fused_ops=True)
     # SRConvNet keeps its runtime-weight dynamic conv there; parity still holds.
     srconvnet = make_every_branch_count(create("srconvnet", 2, **SRCONVNET_SMALL))
-    report = export(srconvnet, "onnx", input_size=SIZE, out_dir=tmp_path, name="sr", fused_ops=True)
-    assert report.status == "passed" and "dynamic_conv_static" not in [r["name"] for r in report.rewrites]
+    for name, options in [("sr", {"fused_ops": True}), ("sr-default", {}), ("sr-mobile", {"delegate_ready": True})]:
+        report = export(srconvnet, "onnx", input_size=SIZE, out_dir=tmp_path, name=name, **options)
+        constant = "dynamic_conv_static" in [r["name"] for r in report.rewrites]
+        assert report.status == "passed" and constant == (name == "sr-mobile"), name
 
 
 def test_analyzer_failure_is_reported_not_raised(tmp_path):

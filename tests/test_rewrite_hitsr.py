@@ -21,6 +21,7 @@ from edgesr.rewrite.hit_bias import FoldedWindowBias, runtime_zero
 from edgesr.rewrite.hit_windows import (
     AnySizeBlock,
     FixedSizeBlock,
+    FoldedCorrelation,
     fold_hit_windows,
     hit_windows_any_size,
     reflect_index,
@@ -168,6 +169,48 @@ def test_prepare_for_export_picks_hit_windows(model: nn.Module, target: str) -> 
         assert "hit_windows" in [r["name"] for r in dynamic.edgesr_rewrites]
         assert any(isinstance(m, AnySizeBlock) for m in dynamic.modules())
         assert not any(isinstance(m, FixedSizeBlock) for m in dynamic.modules())
+
+
+@pytest.mark.parametrize("batch,height,width", SIZES)
+def test_float32_only_graph_drops_the_range_scaling_and_matches(model: nn.Module, batch, height, width) -> None:
+    x = _input(batch, height, width, seed=7)
+    scaled = prepare_for_export(model, "onnx", (height, width), batch=batch, delegate_forms=False)
+    unscaled = prepare_for_export(model, "onnx", (height, width), batch=batch, delegate_forms=False,
+                                  float32_only=True)
+    assert "correlation_range_unscaled" not in [r["name"] for r in scaled.edgesr_rewrites]
+    assert "correlation_range_unscaled" in [r["name"] for r in unscaled.edgesr_rewrites]
+    correlations = [m for m in unscaled.modules() if isinstance(m, FoldedCorrelation)]
+    assert correlations and not any(m.range_scaled for m in correlations)
+    assert all(m.range_scaled for m in scaled.modules() if isinstance(m, FoldedCorrelation))
+    assert _max_error(unscaled, model, x) <= TOLERANCE
+    # The scaling's ops are gone from the traced graph, not just bypassed.
+    def ops(module: nn.Module) -> int:
+        return len(torch.export.export(module, (x,)).graph.nodes)
+
+    assert ops(unscaled) < ops(scaled)
+
+
+@pytest.mark.parametrize("target,precision,fused,delegate_ready,forms,float32_only", [
+    ("onnx", "fp32", False, False, False, False),  # the desktop/Jetson file: fused ops, fp16-safe range
+    ("onnx", "fp32", False, True, True, False),  # --delegate-ready: what NNAPI / CoreML EP take whole
+    ("onnx", "fp32", True, False, False, True),  # --fused-ops: float32 runtimes only
+    ("onnx", "fp16", False, False, True, False),  # phones' accelerators
+    ("onnx", "int8", False, False, True, False),
+    ("onnx", "fp16", True, False, False, False),
+    ("onnx", "int8", True, False, False, False),
+    ("tflite", "fp32", False, False, True, False),
+    ("coreml", "fp32", False, False, True, False),
+])
+def test_each_export_gets_its_forms(monkeypatch, target, precision, fused, delegate_ready, forms,
+                                    float32_only) -> None:
+    from edgesr.export import pipeline
+    from edgesr.export.base import ExportOptions
+
+    seen = {}
+    monkeypatch.setattr("edgesr.rewrite.prepare_for_export", lambda model, **kwargs: seen.update(kwargs) or model)
+    pipeline._prepare(nn.Identity(), target, ExportOptions(input_size=(8, 8), precision=precision, fused_ops=fused),
+                      delegate_ready)
+    assert (seen["delegate_forms"], seen["float32_only"]) == (forms, float32_only)
 
 
 def test_full_size_hitsrf_parity() -> None:

@@ -93,6 +93,13 @@ class ExportOptions:
     min_side: int = 1
 
     @property
+    def float32_only(self) -> bool:
+        """Whether the file computes in float32 wherever it is meant to run (a fp32
+        ``--fused-ops`` file for desktop onnxruntime), so that float16/int8 range safety
+        can be left out (``edgesr.rewrite.plan.ExportContext.float32_only``)."""
+        return self.fused_ops and self.precision == "fp32"
+
+    @property
     def layout(self) -> str:
         return "NHWC" if self.nhwc else "NCHW"
 

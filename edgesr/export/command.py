@@ -64,15 +64,18 @@ def export_command(
     image_io: bool = typer.Option(False, "--image-io", help="coreml: image input and output (8-bit RGB)."),
     shapes: Optional[str] = typer.Option(None, "--shapes", help="coreml: more input sizes, e.g. 64x64,128x128."),
     min_ios: Optional[int] = typer.Option(None, "--min-ios", help="coreml: minimum iOS version (default 16)."),
-    fused_ops: bool = typer.Option(False, "--fused-ops", help="onnx, fixed size: keep exact GELU, "
-                                   "LayerNormalization, reflect Pad and SRConvNet's runtime-weight "
-                                   "conv, which desktop onnxruntime runs faster (NNAPI splits the "
-                                   "graph at them)."),
+    fused_ops: bool = typer.Option(False, "--fused-ops", help="onnx, fixed size: the fused ops of an fp32 "
+                                   "file (exact GELU, LayerNormalization, reflect Pad, SRConvNet's "
+                                   "runtime-weight conv) for fp16/int8 too, and an fp32 file leaves out "
+                                   "HiT-SR's float16 range scaling: the fastest file for float32 "
+                                   "onnxruntime (no --trt-fp16)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda: where the PyTorch reference also runs."),
     delegate_ready: Optional[bool] = typer.Option(
         None, "--delegate-ready/--no-delegate-ready",
         help="Fail when the target's delegate analyzer reports a split graph "
-             "(default: on for tflite and coreml, off for onnx)."),
+             "(default: on for tflite and coreml, off for onnx). An fp32 onnx file then gets the "
+             "forms NNAPI and the CoreML EP take whole (elementary GELU and LayerNorm, constant-weight "
+             "convs) instead of the fused ops onnxruntime runs fastest on a CPU or GPU."),
     allow_partial_delegation: bool = typer.Option(
         False, "--allow-partial-delegation",
         help="Keep a file whose graph the delegate would split (the report still says so)."),

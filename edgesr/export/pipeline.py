@@ -142,11 +142,26 @@ def default_name(info, options: ExportOptions) -> str:
     return f"{info.arch}_x{info.scale}_{size}_{options.precision}"
 
 
-def _prepare(model: nn.Module, target: str, options: ExportOptions) -> tuple[nn.Module, list[dict]]:
+def delegate_forms_wanted(target: str, options: ExportOptions, delegate_ready: bool) -> bool:
+    """Whether ops get the forms that mobile delegates take (``edgesr.rewrite.delegate_ops``,
+    the constant-weight dynamic conv). An fp32 ONNX file is for onnxruntime on a desktop,
+    server or Jetson unless ``--delegate-ready`` asks for NNAPI / CoreML EP: it keeps the
+    fused ops (LayerNormalization, Gelu, reflect Pad, SRConvNet's runtime-weight conv) that
+    onnxruntime runs as single kernels. fp16, int8 and w8 ONNX files are the ones phones'
+    accelerators run, and keep the delegate forms."""
+    if options.fused_ops:
+        return False
+    return target != "onnx" or delegate_ready or options.precision != "fp32"
+
+
+def _prepare(model: nn.Module, target: str, options: ExportOptions,
+             delegate_ready: bool) -> tuple[nn.Module, list[dict]]:
     from edgesr.rewrite import prepare_for_export
 
     size = None if options.dynamic else tuple(options.input_size)
-    prepared = prepare_for_export(model, target=target, input_size=size, delegate_forms=not options.fused_ops)
+    prepared = prepare_for_export(model, target=target, input_size=size,
+                                  delegate_forms=delegate_forms_wanted(target, options, delegate_ready),
+                                  float32_only=options.float32_only)
     return prepared, list(getattr(prepared, "edgesr_rewrites", []) or [])
 
 
@@ -205,6 +220,10 @@ def build_metadata(info, options: ExportOptions, rewrites: list[dict]) -> dict[s
     }
     if info.seed is not None and not info.sha256:
         metadata["edgesr.seed"] = str(info.seed)
+    if options.float32_only:
+        from edgesr.runtimes.onnxruntime_runner import FLOAT32_ONLY_KEY
+
+        metadata[FLOAT32_ONLY_KEY] = "true"
     if options.image_io:
         metadata["edgesr.value_range"] = "RGB image in and out (8-bit pixels; the network sees [0,1])"
     if options.shapes:
@@ -359,7 +378,7 @@ def export(
     try:
         started = time.perf_counter()
         stage(f"preparing {info.arch} x{info.scale} for {chosen.name}")
-        prepared, rewrites = _prepare(model, chosen.name, options)
+        prepared, rewrites = _prepare(model, chosen.name, options, delegate_ready)
         module = chosen.wrap(with_unit_range(prepared), options).eval()
         _refuse_non_finite_reference(model, options)
         timings["prepare"] = time.perf_counter() - started
@@ -397,6 +416,9 @@ def export(
         refused = bool(delegate_ready and not allow_partial_delegation and readiness.split)
         if delegate_ready and readiness.split is None:
             notes.append(f"delegate readiness not checked: {readiness.summary()}")
+        if readiness.split and not delegate_forms_wanted(chosen.name, options, delegate_ready):
+            notes.append("this graph keeps the fused ops onnxruntime runs fastest on a CPU or GPU, which NNAPI "
+                         "and the CoreML EP split; export with --delegate-ready for a graph they take whole")
         if refused:
             check = False
 

@@ -35,7 +35,9 @@ Rewritten block (same maths, state-dict keys unchanged, all tensors rank <= 5):
   largest value, so the block output is ~unit size; the LayerNorm after it is
   scale-free, and gets proj's bias and its eps scaled to match (``rescaled_norm``).
   fp32 results are unchanged (5e-7); fp16 HiT-SRF runs at 73 dB of fp32, where the
-  plain graph gives NaN.
+  plain graph gives NaN. Float32-only graphs (fp32 ``--fused-ops`` ONNX) leave it out
+  (``correlation_range_unscaled``): on HiTNet x4 at 128x128 that file ran 1.26x faster in
+  onnxruntime than with the scaling (2 threads, interleaved, AVX2 host).
 
 Measured (HiT-SRF x4, HiTNet.pth, 1x3x128x128, ORT fp32 CPU, 2 shared cores,
 benchmarks/export_speed.py, median of 7 interleaved runs): ONNX 6.51 MB for 3.47 MB of
@@ -186,8 +188,9 @@ class FoldedCorrelation(nn.Module):
 
     ``forward(x, height, width, anchor, crop)``: padded NCHW map in; out the NHWC output
     cropped to ``height x width`` (``crop=False`` when nothing was padded) divided by a
-    per-pixel k, and ``1/k`` (see the range comment in ``forward``); ``anchor`` is a
-    zero tied to the input (``runtime_zero``).
+    per-pixel k, and ``1/k`` (see the range comment in ``forward``; the output itself and
+    None when ``range_scaled`` is off); ``anchor`` is a zero tied to the input
+    (``runtime_zero``).
     """
 
     def __init__(self, correlation: SpatialChannelCorrelation) -> None:
@@ -205,6 +208,8 @@ class FoldedCorrelation(nn.Module):
         self.register_buffer("one", torch.ones(()), persistent=False)
         # Set by delegate_ops.bias_matmul_unbroadcast for TFLite (layout.matmul_without_broadcast).
         self.bias_without_broadcast = False
+        # Cleared by ``correlation_range_unscaled`` for float32-only graphs.
+        self.range_scaled = True
         self.ngram = hasattr(correlation, "ngram_window_partition")
         if self.ngram:
             self.ngram_window_partition = correlation.ngram_window_partition
@@ -245,27 +250,36 @@ class FoldedCorrelation(nn.Module):
         # window's matrices by the window's largest |qv| s (its RMS loses 30 dB to float16
         # rounding: a few pixels dominate a window). The output comes out divided by
         # k = r*s^2, about unit size, and norm1 (a LayerNorm) undoes k exactly when proj's
-        # bias and the LayerNorm's eps are scaled with it (``rescaled_norm``).
-        inv_s = self.inverse(self.window_peak(qv))  # (n, 1, 1)
-        inv_r = self.inverse(rms(windows, (2,)))  # (n, area, 1)
+        # bias and the LayerNorm's eps are scaled with it (``rescaled_norm``). A float32-only
+        # graph skips it (``range_scaled``): 1e12 is far inside float32, and the scaling's
+        # elementwise ops cost a fifth of onnxruntime's time.
+        if self.range_scaled:
+            inv_s = self.inverse(self.window_peak(qv))  # (n, 1, 1)
+            inv_r = self.inverse(rms(windows, (2,)))  # (n, area, 1)
+        else:
+            inv_s = inv_r = None
 
         heads, head_dim = self.num_heads, self.head_dim
-        q_own = (q * inv_r).reshape(n, area, heads, head_dim).transpose(1, 2)  # (n, heads, area, d)
-        p_h = (pooled * inv_s).reshape(n, -1, heads, head_dim).transpose(1, 2)  # (n, heads, cells, d)
+        q_own = _scaled(q, inv_r).reshape(n, area, heads, head_dim).transpose(1, 2)  # (n, heads, area, d)
+        p_h = _scaled(pooled, inv_s).reshape(n, -1, heads, head_dim).transpose(1, 2)  # (n, heads, cells, d)
         gram = p_h.transpose(-2, -1) @ p_h  # (n, heads, d, d)
         # The bias term is linear in P: it lacks the pixel's factor and one factor of s.
         bias = self.folded_pos(anchor)  # (heads, area, cells), shared by every window
         bias_term = matmul_without_broadcast(bias, p_h) if self.bias_without_broadcast else bias @ p_h
-        bias_term = bias_term * (inv_r * inv_s)[:, None]
+        if self.range_scaled:
+            bias_term = bias_term * (inv_r * inv_s)[:, None]
         spatial = (q_own @ gram) / head_dim + bias_term
         spatial = spatial.transpose(1, 2).reshape(n, area, half)
-        q_win, v_win = q * inv_s, v * inv_s
-        channel = (v * inv_r) @ (q_win.transpose(-2, -1) @ v_win / area).transpose(-2, -1)  # (n, area, C/2)
-        inv_k = inv_r * inv_s * inv_s
-        mixed = torch.cat([spatial, channel, inv_k], dim=-1)
-        merged = merge(mixed, self.window_size, batch, padded_h, padded_w)
+        q_win, v_win = _scaled(q, inv_s), _scaled(v, inv_s)
+        channel = _scaled(v, inv_r) @ (q_win.transpose(-2, -1) @ v_win / area).transpose(-2, -1)  # (n, area, C/2)
+        parts = [spatial, channel]
+        if self.range_scaled:  # 1/k travels with the windows to the merged map
+            parts.append(inv_r * inv_s * inv_s)
+        merged = merge(torch.cat(parts, dim=-1), self.window_size, batch, padded_h, padded_w)
         if crop:  # a no-op crop exports as aten.alias, which coremltools rejects
             merged = merged[:, :height, :width]
+        if not self.range_scaled:
+            return self.proj(merged), None
         inv_k = merged[..., -1:]
         return F.linear(merged[..., :-1], self.proj.weight) + self.proj.bias * inv_k, inv_k
 
@@ -280,6 +294,10 @@ class FoldedCorrelation(nn.Module):
         # Div by a constant tensor, not 1/x: NNAPI takes Div but not Reciprocal. The floor
         # keeps 1/x finite in float16 for an all-zero window or pixel.
         return torch.div(self.one, x.clamp_min(2.0**-10))
+
+
+def _scaled(x: torch.Tensor, factor: torch.Tensor | None) -> torch.Tensor:
+    return x if factor is None else x * factor
 
 
 def rms(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
@@ -331,7 +349,7 @@ class _FoldedBlock(nn.Module):
         height, width = x.shape[1:3]
         padded = self.pad(x.permute(0, 3, 1, 2))
         correlated, inv_k = self.correlation(padded, height, width, runtime_zero(x), self.crop)
-        x = x + rescaled_norm(self.norm1, correlated, inv_k)
+        x = x + (self.norm1(correlated) if inv_k is None else rescaled_norm(self.norm1, correlated, inv_k))
         return x + self.norm2(self.mlp(x))
 
 
@@ -408,5 +426,32 @@ HIT_WINDOWS = register_rewrite(
         applies=lambda model, context: has_hit_blocks(model),
         apply=by_input_size(fold_hit_windows, hit_windows_any_size),
         explain=_explain,
+    )
+)
+
+
+def correlation_range_unscaled(model: nn.Module) -> nn.Module:
+    """A copy of a folded HiT-SR ``model`` whose correlations skip the float16/int8 range
+    scaling: the same values in float32 without a fifth of the graph's elementwise ops,
+    and a plain ``norm1`` that onnxruntime fuses into one LayerNormalization."""
+
+    def make(module: FoldedCorrelation) -> FoldedCorrelation:
+        module.range_scaled = False  # on replace_modules' copy
+        return module
+
+    return replace_modules(model, lambda module: isinstance(module, FoldedCorrelation), make)
+
+
+CORRELATION_RANGE_UNSCALED = register_rewrite(
+    Rewrite(
+        name="correlation_range_unscaled",
+        description="HiT-SR correlation without the float16/int8 range scaling (float32-only graph)",
+        applies=lambda model, context: context.float32_only
+        and any(isinstance(module, FoldedCorrelation) for module in model.modules()),
+        apply=lambda model, context: correlation_range_unscaled(model),
+        explain=lambda model, context: (
+            "HiT-SR correlation without the float16/int8 range scaling: this fp32 --fused-ops "
+            "file computes in float32, where the unscaled values (up to ~1e12) fit; not for "
+            "float16 runtimes such as TensorRT with --trt-fp16"),
     )
 )

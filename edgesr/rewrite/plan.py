@@ -24,6 +24,10 @@ class ExportContext:
     # Whether ops that mobile delegates reject get their delegate-friendly forms
     # (edgesr.rewrite.delegate_ops); False keeps the forms desktop runtimes fuse.
     delegate_forms: bool = True
+    # Whether the file computes in float32 wherever it is meant to run (a fixed-size fp32
+    # --fused-ops ONNX file for desktop onnxruntime): rewrites may then drop what only
+    # float16 and int8 need (HiT-SR's correlation range scaling, see hit_windows).
+    float32_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,11 @@ def _registered() -> list[Rewrite]:
 
 
 def prepare_for_export(model: nn.Module, target: str, input_size: tuple[int, int] | None,
-                       batch: int = 1, delegate_forms: bool = True) -> nn.Module:
+                       batch: int = 1, delegate_forms: bool = True, float32_only: bool = False) -> nn.Module:
     """The model with every rewrite this export needs; records them in ``edgesr_rewrites``."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}")
-    context = ExportContext(target, input_size, batch, delegate_forms)
+    context = ExportContext(target, input_size, batch, delegate_forms, float32_only)
     info = describe(model)
     applied = []
     prepared = model

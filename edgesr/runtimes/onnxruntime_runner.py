@@ -25,6 +25,8 @@ PROVIDERS = {
     "openvino": "OpenVINOExecutionProvider",
     "dml": "DmlExecutionProvider",
 }
+# Metadata of files that compute in float32 only (edgesr.export.base.ExportOptions.float32_only).
+FLOAT32_ONLY_KEY = "edgesr.float32_only"
 _HINTS = {
     "CUDAExecutionProvider": "install onnxruntime-gpu on a machine with an NVIDIA GPU (on a Jetson: "
                              "NVIDIA's onnxruntime-gpu wheel for its JetPack)",
@@ -143,6 +145,8 @@ class OnnxRuntimeRunner(Runner):
         path = Path(path)
         self.providers = resolve_providers(providers)
         self.threads = threads
+        if trt_fp16:
+            refuse_float16_for_float32_only(path, read_metadata(path))
         provider_options = provider_options_for(self.providers, threads, trt_fp16, trt_engine_cache,
                                                 trt_workspace_gb, device_id)
         self.gpu_settings = {k: v for k, v in {"trt_fp16": trt_fp16 or None, "trt_engine_cache": trt_engine_cache,
@@ -206,6 +210,14 @@ class OnnxRuntimeRunner(Runner):
 
     def options(self) -> dict[str, Any]:
         return {"providers": list(self.session.get_providers()), "threads": self.threads, **self.gpu_settings}
+
+
+def refuse_float16_for_float32_only(path: Path, metadata: dict[str, str]) -> None:
+    """--trt-fp16 on a file written for float32 only (``edgesr export --fused-ops`` leaves
+    out HiT-SR's range scaling, whose values then reach ~1e12, past float16's 65504)."""
+    if metadata.get(FLOAT32_ONLY_KEY) == "true":
+        raise EdgeSRError(f"{path.name} computes in float32 only (exported with --fused-ops, without the "
+                          f"float16 range scaling): drop --trt-fp16, or export again without --fused-ops")
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
