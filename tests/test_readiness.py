@@ -138,8 +138,7 @@ def test_delegate_rewrites_keep_parity(arch):
     x = torch.rand(1, 3, *SIZE, generator=torch.Generator().manual_seed(1))
     for target, rewrites in [("onnx", (delegate_ops.GELU_WITHOUT_ERF, delegate_ops.LAYERNORM_OPS,
                                         delegate_ops.REFLECT_PAD_SLICES, delegate_ops.BIAS_SLICES)),
-                             ("tflite", (delegate_ops.REFLECT_PAD_SLICES_XNNPACK,
-                                         delegate_ops.BIAS_MATMUL_UNBROADCAST, delegate_ops.BIAS_SLICES))]:
+                             ("tflite", (delegate_ops.REFLECT_PAD_SLICES_XNNPACK, delegate_ops.BIAS_SLICES))]:
         context = ExportContext(target, SIZE)
         prepared = folded
         for rewrite in rewrites:
@@ -147,8 +146,6 @@ def test_delegate_rewrites_keep_parity(arch):
                 prepared = rewrite.apply(prepared, context)
         if target == "onnx":
             assert not any(isinstance(m, (nn.GELU, nn.LayerNorm)) for m in prepared.modules())
-        elif arch != "srconvnet":
-            assert any(getattr(m, "bias_without_broadcast", False) for m in prepared.modules())
         with torch.no_grad():
             error = (prepared(x) - model(x)).abs().max().item()
         # HiT-SR works on [0, 1], SRConvNet on [0, 255]: the export parity bound is 1e-5 x range.
@@ -190,12 +187,12 @@ def test_rewrites_are_chosen_per_target():
     assert fusable.applies(model, ExportContext("onnx", SIZE, delegate_forms=False))
     assert not fusable.applies(model, onnx_fixed)
     assert not fusable.applies(model, ExportContext("tflite", SIZE))
-    # XNNPACK takes neither MIRROR_PAD / REVERSE_V2 nor BROADCAST_TO: TFLite alone gets these.
+    # XNNPACK takes neither MIRROR_PAD nor REVERSE_V2: TFLite alone gets the sliced reversal.
     folded = pytest.importorskip("edgesr.rewrite.hit_windows").fold_hit_windows(model, SIZE)
-    for rewrite in (delegate_ops.REFLECT_PAD_SLICES_XNNPACK, delegate_ops.BIAS_MATMUL_UNBROADCAST):
-        assert rewrite.applies(folded, ExportContext("tflite", SIZE))
-        assert not rewrite.applies(folded, ExportContext("onnx", SIZE))
-        assert not rewrite.applies(folded, ExportContext("coreml", SIZE))
+    rewrite = delegate_ops.REFLECT_PAD_SLICES_XNNPACK
+    assert rewrite.applies(folded, ExportContext("tflite", SIZE))
+    assert not rewrite.applies(folded, ExportContext("onnx", SIZE))
+    assert not rewrite.applies(folded, ExportContext("coreml", SIZE))
     assert REWRITE_MODULES[-1] == "delegate_ops" or "delegate_ops" in REWRITE_MODULES
 
 

@@ -24,9 +24,6 @@ rewrite                what the delegate rejects                  equivalent for
 ``reflect_pad_slices_  TFLite ``MIRROR_PAD`` and ``REVERSE_V2``:  slices, the reflected
 xnnpack``              not in XNNPACK                             rows reversed by an
                                                                   exchange-matrix matmul
-``bias_matmul_         TFLite ``BROADCAST_TO`` (a batched matmul  one matmul per head,
-unbroadcast``          of the shared position bias with every     the windows folded
-                       window's values): not in XNNPACK           into its columns
 =====================  =========================================  =====================
 
 Each rewrite is chosen per target: LiteRT's GPU delegate and CoreML take GELU and
@@ -336,13 +333,11 @@ class _SlicedBias(nn.Module):
     """Mixin forward for a ``FoldedWindowBias``: same expansion, slices instead of gathers."""
 
     def forward(self, anchor: torch.Tensor) -> torch.Tensor:
-        (win_h, win_w), (grid_h, grid_w) = self.window_size, self.key_grid
+        win_h, win_w = self.window_size
         table = self.table + anchor
         concat = concat_narrow if self.narrow_concats else torch.cat
         rows = concat([table[:, s:s + win_h] for s in self.row_starts], dim=1)
-        expanded = concat([rows[:, :, s:s + win_w] for s in self.col_starts], dim=2)
-        expanded = expanded.view(self.heads, grid_h, win_h, grid_w, win_w).permute(0, 2, 4, 1, 3)
-        return expanded.reshape(self.heads, win_h * win_w, grid_h * grid_w)
+        return self.cells_by_pixels(concat([rows[:, :, s:s + win_w] for s in self.col_starts], dim=2))
 
 
 _SLICED_CLASSES: dict[type, type] = {}
@@ -379,18 +374,6 @@ def bias_gathers_as_slices(model: nn.Module, narrow_concats: bool = False) -> nn
         module.narrow_concats = narrow_concats
         module.__class__ = _sliced_class(type(module))
     return keep_descriptor(model, new)
-
-
-def _is_folded_correlation(module: nn.Module) -> bool:
-    return type(module).__name__ == "FoldedCorrelation" and hasattr(module, "bias_without_broadcast")
-
-
-def bias_matmul_unbroadcast(model: nn.Module) -> nn.Module:
-    def make(module: nn.Module) -> nn.Module:
-        module.bias_without_broadcast = True  # on replace_modules' copy
-        return module
-
-    return replace_modules(model, _is_folded_correlation, make)
 
 
 # --------------------------------------------------------------------------------------
@@ -485,14 +468,6 @@ REFLECT_PAD_SLICES_XNNPACK = register_rewrite(Rewrite(
     applies=lambda model, context: (context.target == "tflite" and context.input_size is not None
                                     and _uses_reflect_pad_or_resize(model)),
     apply=lambda model, context: reflect_pads_sliced(model, flip_as_matmul=True),
-))
-
-BIAS_MATMUL_UNBROADCAST = register_rewrite(Rewrite(
-    name="bias_matmul_unbroadcast",
-    description="HiT-SR position-bias product as one matmul per head over all windows (litert-torch "
-                "lowers the broadcast matmul with BROADCAST_TO, which XNNPACK does not take)",
-    applies=lambda model, context: context.target == "tflite" and _has(model, _is_folded_correlation),
-    apply=lambda model, context: bias_matmul_unbroadcast(model),
 ))
 
 BIAS_SLICES = register_rewrite(Rewrite(

@@ -13,7 +13,8 @@ where ``T`` is the box-filtered table, ``(2*win_h - ch) x (2*win_w - cw)`` per h
 for each key row ``ky`` the query rows read a contiguous run of ``T``'s rows (an
 unfold with stride ``ch``), likewise for columns. So only ``T`` is stored (58 kB per
 head for a 64x64 window) and the bias is rebuilt per run by two small-index gathers
-(``gh*win_h`` rows, then ``gw*win_w`` columns), a rank-5 reshape and a permute.
+(``gh*win_h`` rows, then ``gw*win_w`` columns), a rank-5 reshape and a permute to
+``(heads, cells, area)``.
 
 The expansion is tied to the runtime input by adding a zero derived from it
 (``anchor``, see ``runtime_zero``): without that, onnxsim and the TFLite converter
@@ -60,7 +61,8 @@ def unfold_index(window: int, cell: int) -> torch.Tensor:
 
 
 class FoldedWindowBias(nn.Module):
-    """The same ``(heads, area, cells)`` bias as ``WindowPositionBias``, from a stored
+    """``WindowPositionBias``'s ``(heads, area, cells)`` bias, transposed to ``(heads,
+    cells, area)`` (the layout ``FoldedCorrelation`` multiplies with), from a stored
     box-filtered table and two small gathers.
 
     Holds no parameters (the correlation that uses it keeps the original ``pos`` so
@@ -83,11 +85,15 @@ class FoldedWindowBias(nn.Module):
                              persistent=False)
 
     def forward(self, anchor: torch.Tensor) -> torch.Tensor:
-        (win_h, win_w), (grid_h, grid_w) = self.window_size, self.key_grid
         table = self.table + anchor
-        expanded = table.index_select(1, self.rows).index_select(2, self.cols)  # (h, gh*wh, gw*ww)
-        expanded = expanded.view(self.heads, grid_h, win_h, grid_w, win_w).permute(0, 2, 4, 1, 3)
-        return expanded.reshape(self.heads, win_h * win_w, grid_h * grid_w)
+        return self.cells_by_pixels(table.index_select(1, self.rows).index_select(2, self.cols))
+
+    def cells_by_pixels(self, expanded: torch.Tensor) -> torch.Tensor:
+        """``(heads, gh*wh, gw*ww) -> (heads, cells, area)``: the permute keeps window rows
+        (``ww`` floats) whole."""
+        (win_h, win_w), (grid_h, grid_w) = self.window_size, self.key_grid
+        expanded = expanded.view(self.heads, grid_h, win_h, grid_w, win_w).permute(0, 1, 3, 2, 4)
+        return expanded.reshape(self.heads, grid_h * grid_w, win_h * win_w)
 
     def extra_repr(self) -> str:
         return f"window={self.window_size}, cell={self.cell_size}, table={tuple(self.table.shape)}"

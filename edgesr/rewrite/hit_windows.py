@@ -16,8 +16,15 @@ Rewritten block (same maths, state-dict keys unchanged, all tensors rank <= 5):
   (``reflect_pad_plan``) and applied as constant ``Pad(mode=reflect)`` ops; for any
   size the padded map is a gather with an in-graph index (stepwise reflection is a
   triangle wave of period ``2*(n-1)``, see ``reflect_index``).
-* windows: ``(B, H, W, C) -> (B*nh, wh, nw, ww, C) -> permute -> (n, area, C)`` and back;
-  the crop to H x W happens before ``proj`` (a per-pixel linear).
+* windows: ``(B, C, H, W) -> (B*C, nh, nw, wh, ww) -> (n, C, area)`` and back, channels
+  first, so that a head's q or P is a free reshape ``(heads, d, area)`` and every permute
+  moves whole window rows; the crop to H x W happens before ``proj`` (a per-pixel
+  linear). The ``(n, area, C)`` layout needed transposes whose innermost run was d
+  floats (d = 5 in HiTNet) or a key-grid row, which onnxruntime copies at a fraction of
+  its speed: HiTNet x4 at 128x128, default fp32 graph, 751 -> 657 ms in onnxruntime
+  (interleaved, 2 threads, AMD EPYC), LiteRT 408 -> 400 ms, still one XNNPACK partition.
+  The position-bias product is one matmul per head with the windows in its rows (no
+  broadcast of the shared bias, which litert-torch lowers with BROADCAST_TO).
 * key-cell pooling (``spatial_linear``, a learned weighted sum over each cell): a
   strided ``ch x cw`` conv over the value half of the map, then the same rank-5
   partition on the key grid; HiT-SNG's window context, added to every pixel of a
@@ -67,7 +74,6 @@ from edgesr.models.hit_common import (
     padding_to_multiple,
 )
 from edgesr.rewrite.hit_bias import FoldedWindowBias, runtime_zero
-from edgesr.rewrite.layout import matmul_without_broadcast
 from edgesr.rewrite.plan import ExportContext, Rewrite, by_input_size, register_rewrite, replace_modules
 
 # --------------------------------------------------------------------------------------
@@ -117,20 +123,28 @@ def reflect_pad_any_size(x: torch.Tensor, multiple: WindowSize) -> torch.Tensor:
     return x.index_select(3, reflect_index(_axis_length(x, 3), padded_w, x.device))
 
 
-def partition(x: torch.Tensor, window: WindowSize) -> torch.Tensor:
-    """``(B, H, W, C) -> (B * windows, area, C)`` in ``window_partition``'s order, rank <= 5."""
-    _, _, width, channels = x.shape
+def partition_channels_first(x: torch.Tensor, window: WindowSize) -> torch.Tensor:
+    """``(B, C, H, W) -> (B * windows, C, area)``: ``window_partition``'s windows and pixel
+    order with the channels first, rank <= 5. Each permute moves whole window rows (``ww``
+    floats) or whole windows, never single channels: onnxruntime runs transposes whose
+    innermost run is a few floats long at a fraction of its copy speed."""
+    batch, channels, height, width = x.shape
     win_h, win_w = window
-    x = x.reshape(-1, win_h, width // win_w, win_w, channels)
-    return x.permute(0, 2, 1, 3, 4).reshape(-1, win_h * win_w, channels)
+    rows, cols = height // win_h, width // win_w
+    x = x.reshape(batch * channels, rows, win_h, cols, win_w).permute(0, 1, 3, 2, 4)  # (B*C, nh, nw, wh, ww)
+    x = x.reshape(batch, channels, rows * cols, win_h * win_w).permute(0, 2, 1, 3)  # (B, windows, C, area)
+    return x.reshape(-1, channels, win_h * win_w)
 
 
-def merge(windows: torch.Tensor, window: WindowSize, batch, height, width) -> torch.Tensor:
-    """Inverse of ``partition``: ``(B * windows, area, C) -> (B, H, W, C)``, rank <= 5."""
+def merge_channels_first(windows: torch.Tensor, window: WindowSize, batch, height, width) -> torch.Tensor:
+    """Inverse of ``partition_channels_first``: ``(B * windows, C, area) -> (B, C, H, W)``,
+    rank <= 5, moving whole window rows and whole rows of the map."""
     win_h, win_w = window
-    channels = windows.shape[-1]
-    x = windows.reshape(-1, width // win_w, win_h, win_w, channels)
-    return x.permute(0, 2, 1, 3, 4).reshape(batch, height, width, channels)
+    channels = windows.shape[1]
+    rows, cols = height // win_h, width // win_w
+    x = windows.reshape(batch * rows, cols, channels, win_h, win_w).permute(0, 2, 3, 1, 4)  # (B*nh, C, wh, nw, ww)
+    x = x.reshape(batch, rows, channels, win_h * width).permute(0, 2, 1, 3)  # (B, C, nh, wh*W)
+    return x.reshape(batch, channels, height, width)
 
 
 # --------------------------------------------------------------------------------------
@@ -206,8 +220,6 @@ class FoldedCorrelation(nn.Module):
         self.pos = correlation.pos  # parameters only (official keys); folded below
         self.folded_pos = FoldedWindowBias(correlation.pos)
         self.register_buffer("one", torch.ones(()), persistent=False)
-        # Set by delegate_ops.bias_matmul_unbroadcast for TFLite (layout.matmul_without_broadcast).
-        self.bias_without_broadcast = False
         # Cleared by ``correlation_range_unscaled`` for float32-only graphs.
         self.range_scaled = True
         self.ngram = hasattr(correlation, "ngram_window_partition")
@@ -217,7 +229,7 @@ class FoldedCorrelation(nn.Module):
             context.ngram_attn = FoldedNGramAttention(context.ngram_attn)
 
     def pool(self, qv: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Learned pooling of the values over each key cell: ``(n, cells, C/2)``."""
+        """Learned pooling of the values ``v`` (n, C/2, area) over each key cell: ``(n, C/2, cells)``."""
         weight, bias = self.spatial_linear.weight, self.spatial_linear.bias
         if self.cell_size == (1, 1):
             return v * weight.reshape(()) + bias  # one pixel per cell: a scale and shift
@@ -226,23 +238,26 @@ class FoldedCorrelation(nn.Module):
         values = qv[:, half:].reshape(batch * half, 1, height, width)
         pooled = F.conv2d(values, weight.reshape(1, 1, *self.cell_size), bias, stride=self.cell_size)
         grid = pooled.reshape(batch, half, height // self.cell_size[0], width // self.cell_size[1])
-        return partition(grid.permute(0, 2, 3, 1), self.key_grid)
+        return partition_channels_first(grid, self.key_grid)
 
     def forward(self, x: torch.Tensor, height, width, anchor: torch.Tensor, crop: bool = True) -> torch.Tensor:
+        # Every window is (channels, area): a head's q or P is then a free reshape
+        # (heads, d, area), where the (area, channels) layout needs transposes whose
+        # innermost run is d floats (d = 5 in HiTNet), which onnxruntime copies slowly.
         batch, _, padded_h, padded_w = x.shape
         qv = self.qv(x)
         channels = qv.shape[1]
         half = channels // 2
-        windows = partition(qv.permute(0, 2, 3, 1), self.window_size)  # (n, area, C)
+        windows = partition_channels_first(qv, self.window_size)  # (n, C, area)
         if self.ngram:
             context = self.ngram_window_partition.ngram_context(qv)  # (B, C, nh, nw)
-            context = context.permute(0, 2, 3, 1).reshape(-1, 1, channels)
+            context = context.permute(0, 2, 3, 1).reshape(-1, channels, 1)
             windows = windows + context
-        q, v = windows[..., :half], windows[..., half:]
-        pooled = self.pool(qv, v)  # (n, cells, C/2)
+        q, v = windows[:, :half], windows[:, half:]
+        pooled = self.pool(qv, v)  # (n, C/2, cells)
         if self.ngram and self.cell_size != (1, 1):
-            pooled = pooled + context[..., half:] * self.spatial_linear.weight.sum()
-        n, area, _ = windows.shape
+            pooled = pooled + context[:, half:] * self.spatial_linear.weight.sum()
+        n, _, area = windows.shape
         # Range: per pixel the correlation is q_i.(P^T.P) and v_i.(q^T.v): linear in the
         # pixel's own qv, quadratic in its window's. On the real HiTNet weights it reaches
         # 1e12, which overflows float16 (max 65504) in fp16 artifacts and wrecks int8
@@ -255,29 +270,36 @@ class FoldedCorrelation(nn.Module):
         # elementwise ops cost a fifth of onnxruntime's time.
         if self.range_scaled:
             inv_s = self.inverse(self.window_peak(qv))  # (n, 1, 1)
-            inv_r = self.inverse(rms(windows, (2,)))  # (n, area, 1)
+            inv_r = self.inverse(rms(windows, (1,)))  # (n, 1, area)
         else:
             inv_s = inv_r = None
 
         heads, head_dim = self.num_heads, self.head_dim
-        q_own = _scaled(q, inv_r).reshape(n, area, heads, head_dim).transpose(1, 2)  # (n, heads, area, d)
-        p_h = _scaled(pooled, inv_s).reshape(n, -1, heads, head_dim).transpose(1, 2)  # (n, heads, cells, d)
-        gram = p_h.transpose(-2, -1) @ p_h  # (n, heads, d, d)
+        q_own = _scaled(q, inv_r).reshape(n, heads, head_dim, area)
+        p_h = _scaled(pooled, inv_s).reshape(n, heads, head_dim, -1)  # (n, heads, d, cells)
+        gram = p_h @ p_h.transpose(-2, -1)  # (n, heads, d, d), symmetric: (q P^T P)^T = gram q^T
         # The bias term is linear in P: it lacks the pixel's factor and one factor of s.
-        bias = self.folded_pos(anchor)  # (heads, area, cells), shared by every window
-        bias_term = matmul_without_broadcast(bias, p_h) if self.bias_without_broadcast else bias @ p_h
+        # One product per head with the windows in its rows: no broadcast of the shared bias
+        # (litert-torch lowers one with BROADCAST_TO, which XNNPACK does not take).
+        bias = self.folded_pos(anchor)  # (heads, cells, area), shared by every window
+        cells = bias.shape[1]
+        bias_term = p_h.transpose(0, 1).reshape(heads, -1, cells) @ bias  # (heads, n*d, area)
+        # Split to (heads, n, d*area), not (heads, n, d, area): onnxscript's (0.7.2)
+        # one_reshape_matmul_reshape rule turns Reshape -> MatMul -> Reshape to the latter
+        # into one broadcast MatMul whenever n == heads, which pairs window i with head i's bias.
+        bias_term = bias_term.reshape(heads, n, head_dim * area).transpose(0, 1).reshape(n, half, area)
         if self.range_scaled:
-            bias_term = bias_term * (inv_r * inv_s)[:, None]
-        spatial = (q_own @ gram) / head_dim + bias_term
-        spatial = spatial.transpose(1, 2).reshape(n, area, half)
+            bias_term = bias_term * (inv_r * inv_s)
+        spatial = (gram @ q_own).reshape(n, half, area) / head_dim + bias_term
         q_win, v_win = _scaled(q, inv_s), _scaled(v, inv_s)
-        channel = _scaled(v, inv_r) @ (q_win.transpose(-2, -1) @ v_win / area).transpose(-2, -1)  # (n, area, C/2)
+        channel = (q_win @ v_win.transpose(-2, -1) / area) @ _scaled(v, inv_r)  # (n, C/2, area)
         parts = [spatial, channel]
         if self.range_scaled:  # 1/k travels with the windows to the merged map
             parts.append(inv_r * inv_s * inv_s)
-        merged = merge(torch.cat(parts, dim=-1), self.window_size, batch, padded_h, padded_w)
+        merged = merge_channels_first(torch.cat(parts, dim=1), self.window_size, batch, padded_h, padded_w)
         if crop:  # a no-op crop exports as aten.alias, which coremltools rejects
-            merged = merged[:, :height, :width]
+            merged = merged[:, :, :height, :width]
+        merged = merged.permute(0, 2, 3, 1)  # NHWC (C [+ 1] last): one axis moved, a fast transpose
         if not self.range_scaled:
             return self.proj(merged), None
         inv_k = merged[..., -1:]
