@@ -90,7 +90,7 @@ def bench_in_process(model: str, runtime: str | None = None, input_size: tuple[i
     options = {k: v for k, v in runtime_options.items() if v is not None}
     placed = chosen_runtime(model, runtime) == "onnxruntime"
     if placed:  # one profiled run says which provider ran each node
-        options["profile_first_run"] = True
+        options["profiled_runs"] = 1
     started = time.perf_counter()
     runner = open_runner(model, runtime, **options)
     load_s = time.perf_counter() - started

@@ -60,15 +60,22 @@ def test_fusable_gelu_matches_and_onnxruntime_fuses_it(tmp_path):
     import onnx
     import onnxruntime as ort
 
+    from edgesr.export.onnx_target import OPSET, _simplify
+
     x = torch.linspace(-12, 12, 200_001)
     gelu = delegate_ops.FusableGELU()
     assert (gelu(x).double() - F.gelu(x.double())).abs().max().item() < 1e-6
-    path, optimized = tmp_path / "gelu.onnx", tmp_path / "gelu.opt.onnx"
-    torch.onnx.export(gelu, (torch.rand(1, 4, 8, 8),), str(path), dynamo=True, opset_version=18)
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(optimized)
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    assert [node.op_type for node in onnx.load(str(optimized)).graph.node] == ["Gelu"]
+    # alone, and before a conv (where the exporter folds a trailing constant factor into the
+    # conv's weights), through the same export steps as `edgesr export`
+    for module, fused in [(gelu, ["Gelu"]), (nn.Sequential(gelu, nn.Conv2d(4, 4, 3)), ["Gelu", "Conv"])]:
+        path, optimized = tmp_path / "gelu.onnx", tmp_path / "gelu.opt.onnx"
+        program = torch.onnx.export(module.eval(), (torch.rand(1, 4, 8, 8),), dynamo=True, opset_version=OPSET)
+        onnx.save(_simplify(program.model_proto), str(path))
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(optimized)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # no NCHWc reorders
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        assert [node.op_type for node in onnx.load(str(optimized)).graph.node] == fused
 
 
 def test_elementary_layernorm_matches():
