@@ -50,6 +50,7 @@ ARTIFACTS = (
 )
 # Seconds between timed calls: longer than any runtime's pool spins after a run.
 PAUSE_S = 0.2
+PROFILED_RUNS = 2
 
 
 def _model(name: str):
@@ -174,12 +175,12 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_di
                 times[key].append((time.perf_counter() - started) * 1e3)
     for runner in runners.values():
         runner.close()
-    for row in rows:  # where the ORT time goes: the second of two profiled runs per file (the
+    for row in rows:  # where the ORT time goes: the last of PROFILED_RUNS runs per file (the
         # first pays the page faults of every new intermediate), after the timing
         if row.get("artifact", "").endswith(".onnx"):
-            profiled = open_runner(row["artifact"], threads=threads, profiled_runs=2)
+            profiled = open_runner(row["artifact"], threads=threads, profiled_runs=PROFILED_RUNS)
             batch = profiled.native_input(*size)
-            for _ in range(2):
+            for _ in range(PROFILED_RUNS):
                 profiled.run_native(batch)
             op_ms = profiled.placement["CPUExecutionProvider"]["op_ms"]
             total = sum(op_ms.values())
