@@ -88,10 +88,19 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return read_image(path).rgb
 
 
-def _channels(image: LoadedImage) -> np.ndarray:
-    colour = image.rgb[..., :1] if image.grayscale else image.rgb
-    parts = [colour] if image.alpha is None else [colour, image.alpha[..., None]]
-    return np.clip(np.concatenate(parts, axis=2), 0.0, 1.0)
+# Rows converted at a time: the float temporaries of a whole band (or image) would
+# otherwise be several times the size of the integer pixels written.
+WRITE_ROWS = 64
+
+
+def _quantized(image: LoadedImage, top: int, bottom: int, peak: int, dtype) -> np.ndarray:
+    """Rows [top, bottom) of ``image`` as the written channels, clipped, scaled and rounded."""
+    colour = image.rgb[top:bottom, :, :1] if image.grayscale else image.rgb[top:bottom]
+    parts = [colour] if image.alpha is None else [colour, image.alpha[top:bottom, :, None]]
+    data = np.concatenate(parts, axis=2)  # a copy of the rows: the steps below work in place
+    np.clip(data, 0.0, 1.0, out=data)
+    data *= peak
+    return np.round(data, out=data).astype(dtype)
 
 
 class ImageWriter:
@@ -121,16 +130,17 @@ class ImageWriter:
             self._pixels = np.empty((height, width, self.channels), np.uint8)
 
     def write(self, band: LoadedImage) -> None:
-        data = _channels(band)
-        if data.shape[2] != self.channels:
-            raise ValueError(f"band has {data.shape[2]} channels, the image {self.channels}")
-        peak = 65535 if self.depth == 16 else 255
-        pixels = np.round(data * peak).astype(np.uint16 if self.depth == 16 else np.uint8)
-        if self._png is not None:
-            self._png.write(pixels)
-        else:
-            self._pixels[self._row:self._row + pixels.shape[0]] = pixels
-            self._row += pixels.shape[0]
+        channels = (1 if band.grayscale else band.rgb.shape[2]) + (band.alpha is not None)
+        if channels != self.channels:
+            raise ValueError(f"band has {channels} channels, the image {self.channels}")
+        peak, dtype = (65535, np.uint16) if self.depth == 16 else (255, np.uint8)
+        for top in range(0, band.rgb.shape[0], WRITE_ROWS):
+            pixels = _quantized(band, top, top + WRITE_ROWS, peak, dtype)
+            if self._png is not None:
+                self._png.write(pixels)
+            else:
+                self._pixels[self._row:self._row + pixels.shape[0]] = pixels
+                self._row += pixels.shape[0]
 
     def close(self) -> None:
         try:

@@ -26,9 +26,9 @@ Plan, per axis, for an image side L, tile side T and overlap M (LR pixels):
   (radius <= Z) the tiled output equals the untiled one.
 
 Memory: tiles are run one at a time and blended into a band one tile-row tall whose
-rows are handed out as they become final (``tiled_bands``); a caller that writes them
-out at once (``edgesr upscale`` to PNG) holds the LR input and O(tile height x image
-width) floats, never the output image.
+rows are handed out, ``YIELD_ROWS`` at a time, as they become final (``tiled_bands``); a
+caller that writes them out at once (``edgesr upscale`` to PNG) holds the LR input and
+one tile-row of floats, never the output image.
 """
 from __future__ import annotations
 
@@ -194,12 +194,17 @@ def reflect_pad(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 TileRunner = Callable[[np.ndarray], np.ndarray]  # h x w x 3 -> (sh) x (sw) x 3
+# Final rows are handed out this many at a time: a whole tile-row of a wide image (1024 x 8160
+# x 3 floats for 2040 px wide at x4) is 100 MB, and its consumer's conversions (clip, scale,
+# round, PNG filter) would hold several copies of it at once.
+YIELD_ROWS = 64
 
 
 def tiled_bands(run_tile: TileRunner, image: np.ndarray, plan: TilePlan,
                 on_tile: Callable[[], None] | None = None) -> Iterator[np.ndarray]:
     """Upscale ``image`` (H x W x C float32) tile by tile following ``plan``, yielding the
-    output top to bottom in bands of final rows (together exactly sH x sW x C)."""
+    output top to bottom in bands of at most ``YIELD_ROWS`` final rows (together exactly
+    sH x sW x C)."""
     if image.shape[:2] != (plan.height, plan.width):
         raise ValueError(f"plan is for {plan.height}x{plan.width}, image is {image.shape[:2]}")
     s = plan.scale
@@ -233,8 +238,9 @@ def tiled_bands(run_tile: TileRunner, image: np.ndarray, plan: TilePlan,
         # Rows above the next tile-row's start are final: hand them out, shift the band.
         done = band_h if last else (plan.rows[i + 1] - y) * s
         keep = max(0, min(done, out_h - y * s))
-        if keep:
-            yield acc[:keep, :out_w] / (wy_sum[:keep, None, None] * wx_sum[None, :out_w, None])
+        for top in range(0, keep, YIELD_ROWS):
+            bottom = min(keep, top + YIELD_ROWS)
+            yield acc[top:bottom, :out_w] / (wy_sum[top:bottom, None, None] * wx_sum[None, :out_w, None])
         if not last:
             acc[:band_h - done] = acc[done:]
             acc[band_h - done:] = 0.0

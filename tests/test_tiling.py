@@ -189,8 +189,8 @@ def test_bands_cover_output_and_alpha_bands_equal_whole_resize():
     assert np.abs(np.concatenate([b.alpha for b in bands]) - whole).max() < 1e-6
 
 
-def _peak_traced_bytes(tmp_path, height: int) -> int:
-    """Peak Python/numpy allocation of upscaling an LR image of height x 48 to PNG, x4."""
+def _peak_traced_bytes(tmp_path, height: int, width: int = 48) -> int:
+    """Peak Python/numpy allocation of upscaling an LR image of height x width to PNG, x4."""
     import tracemalloc
 
     from edgesr.upscale import OpenedUpscaler, upscale_files
@@ -198,8 +198,8 @@ def _peak_traced_bytes(tmp_path, height: int) -> int:
     def nearest_x4(tile):
         return np.repeat(np.repeat(tile, 4, axis=0), 4, axis=1)
 
-    source = tmp_path / f"tall{height}.png"
-    Image.fromarray(np.random.default_rng(5).integers(0, 256, (height, 48, 3), dtype=np.uint8)).save(source)
+    source = tmp_path / f"lr{height}x{width}.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(source)
 
     upscaler = OpenedUpscaler(nearest_x4, 4, None, TiledUpscaler(nearest_x4, 4, 32, 4, fixed=True))
     tracemalloc.start()
@@ -217,3 +217,15 @@ def test_png_upscale_memory_does_not_grow_with_image_height(tmp_path):
     input_growth = (2048 - 256) * 48 * 3 * 4
     assert tall - short < 3 * input_growth, (short, tall)
     assert tall < 2048 * 4 * 48 * 4 * 3 * 4 / 4, (short, tall)
+
+
+def test_png_upscale_of_a_wide_image_holds_one_tile_row_of_floats(tmp_path):
+    """A tile-row of a wide image is the one large buffer: its rows go out and are
+    converted a few at a time, not as whole-band copies (clip, scale, round, filter)."""
+    from edgesr.tiling import YIELD_ROWS
+
+    row_bytes = 2048 * 4 * 3 * 4  # one row of x4 output, float RGB
+    band_bytes, chunk_bytes = 32 * 4 * row_bytes, YIELD_ROWS * row_bytes
+    peak = _peak_traced_bytes(tmp_path, 32, width=2048)
+    # The band, the rows handed out and their conversion; whole-band copies made it 5 bands.
+    assert peak < band_bytes + 3 * chunk_bytes, (peak, band_bytes, chunk_bytes)
