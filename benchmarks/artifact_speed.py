@@ -8,7 +8,8 @@ benchmark exports (or reuses, with ``--cache``) through the library API, exactly
 * ONNX fp32: the default fixed-size graph (onnxruntime's fused ops, float16-safe range),
   ``--delegate-ready`` (the forms NNAPI and the CoreML EP take whole) and ``--fused-ops``
   (float32 only);
-* TFLite fp32 and fp16 (litert-torch), run in LiteRT with XNNPACK;
+* TFLite fp32 and fp16 (litert-torch), run in LiteRT with XNNPACK, and for SRConvNet the
+  fp32 ``--fused-ops`` file (its dynamic convs in LiteRT's own kernels, outside XNNPACK);
 
 then times PyTorch eager and every file **interleaved in one process** (round robin,
 ``--repeats`` rounds, same ``--threads``), so that load on the shared machine moves all
@@ -40,13 +41,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 HITNET = REPO.parent / "shared" / "data" / "weights" / "HiTNet.pth"
 
-# (label, file tag, target, precision, export options)
+# (label, file tag, target, precision, export options, architectures: None for every one)
 ARTIFACTS = (
-    ("ORT fp32 (default graph)", "", "onnx", "fp32", {}),
-    ("ORT fp32 (--delegate-ready)", "_mobile", "onnx", "fp32", {"delegate_ready": True}),
-    ("ORT fp32 (--fused-ops)", "_fused", "onnx", "fp32", {"fused_ops": True}),
-    ("LiteRT fp32 (XNNPACK)", "", "tflite", "fp32", {}),
-    ("LiteRT fp16 (XNNPACK)", "", "tflite", "fp16", {}),
+    ("ORT fp32 (default graph)", "", "onnx", "fp32", {}, None),
+    ("ORT fp32 (--delegate-ready)", "_mobile", "onnx", "fp32", {"delegate_ready": True}, None),
+    ("ORT fp32 (--fused-ops)", "_fused", "onnx", "fp32", {"fused_ops": True}, None),
+    ("LiteRT fp32 (XNNPACK)", "", "tflite", "fp32", {}, None),
+    ("LiteRT fp16 (XNNPACK)", "", "tflite", "fp16", {}, None),
+    # HiT-SR's --fused-ops TFLite graph is its default one (no dynamic conv; range scaling kept).
+    ("LiteRT fp32 (--fused-ops)", "_fused", "tflite", "fp32", {"fused_ops": True}, {"srconvnet"}),
 )
 # Seconds between timed calls: longer than any runtime's pool spins after a run.
 PAUSE_S = 0.2
@@ -135,7 +138,9 @@ def measure(name: str, size: tuple[int, int], threads: int, repeats: int, out_di
     rows = [{"model": label, "size": f"{size[0]}x{size[1]}", "runtime": "PyTorch eager",
              "gflop": _pytorch_gflop(model, size)}]
     runners = {}
-    for runtime_label, tag, target, precision, options in ARTIFACTS:
+    for runtime_label, tag, target, precision, options, archs in ARTIFACTS:
+        if archs is not None and name not in archs:
+            continue
         print(f"[{label} {size[0]}x{size[1]}] {runtime_label}: exporting", file=sys.stderr, flush=True)
         row = {"model": label, "size": f"{size[0]}x{size[1]}", "runtime": runtime_label}
         try:

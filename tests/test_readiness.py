@@ -222,6 +222,27 @@ def test_fp32_tflite_is_one_xnnpack_partition(arch, tmp_path):
     assert coverage.delegated == coverage.nodes
 
 
+def test_fused_ops_tflite_runs_the_dynamic_conv_in_litert_kernels(tmp_path):
+    """tflite --fused-ops: SRConvNet's dynamic convs as DEPTHWISE_CONV_2D with a computed
+    filter, outside XNNPACK (two per block); exported without the delegate policy (the
+    split is the point), parity holds, and the report names the ops and how to get one
+    partition."""
+    pytest.importorskip("ai_edge_litert")
+    from edgesr.runtimes.litert_runner import xnnpack_coverage
+
+    model = make_every_branch_count(create("srconvnet", 2, **SRCONVNET_SMALL))
+    report = export(model, "tflite", input_size=SIZE, out_dir=tmp_path, fused_ops=True)
+    assert report.status == "passed" and report.parity["status"] == "passed"
+    assert "dynamic_conv_static" not in [r["name"] for r in report.rewrites]
+    coverage = xnnpack_coverage(report.artifact, threads=1)
+    assert coverage.outside == {"DEPTHWISE_CONV_2D": 2 * SRCONVNET_SMALL["num_blocks"]}, coverage
+    assert any("2 DEPTHWISE_CONV_2D" in note and "without --fused-ops" in note for note in report.notes), \
+        report.notes
+    with pytest.raises(EdgeSRError, match="--fused-ops"):
+        export(model, "tflite", input_size=SIZE, out_dir=tmp_path, name="both", fused_ops=True,
+               delegate_ready=True)
+
+
 # --------------------------------------------------------------------------------------
 # The judges
 # --------------------------------------------------------------------------------------
@@ -348,8 +369,8 @@ def test_fused_ops_keep_desktop_kernels_and_parity(tmp_path):
         export(model, "onnx", input_size=SIZE, out_dir=tmp_path, name="both", fused_ops=True,
                delegate_ready=True)
     assert not list(tmp_path.glob("both*"))
-    with pytest.raises(EdgeSRError, match="--fused-ops does not apply to tflite"):
-        export(model, "tflite", input_size=SIZE, out_dir=tmp_path, name="tfl", fused_ops=True)
+    with pytest.raises(EdgeSRError, match="--fused-ops does not apply to coreml"):
+        export(model, "coreml", input_size=SIZE, out_dir=tmp_path, name="cml", fused_ops=True)
     # SRConvNet keeps its runtime-weight dynamic conv there; parity still holds.
     srconvnet = make_every_branch_count(create("srconvnet", 2, **SRCONVNET_SMALL))
     for name, options in [("sr", {"fused_ops": True}), ("sr-default", {}), ("sr-mobile", {"delegate_ready": True})]:

@@ -199,6 +199,8 @@ def test_float32_only_graph_drops_the_range_scaling_and_matches(model: nn.Module
     ("onnx", "fp16", True, False, False, False),
     ("onnx", "int8", True, False, False, False),
     ("tflite", "fp32", False, False, True, False),
+    ("tflite", "fp32", True, False, False, False),  # --fused-ops: LiteRT's CPU kernels; the GPU may be fp16
+    ("tflite", "fp16", True, False, False, False),
     ("coreml", "fp32", False, False, True, False),
 ])
 def test_each_export_gets_its_forms(monkeypatch, target, precision, fused, delegate_ready, forms,

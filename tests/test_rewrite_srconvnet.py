@@ -220,6 +220,19 @@ def test_desktop_onnx_keeps_the_runtime_weight_conv(model: nn.Module) -> None:
     assert not any(isinstance(m, DynamicDepthwiseConv2d) for m in dynamic.modules())
 
 
+def test_fused_ops_tflite_keeps_the_runtime_weight_conv(model: nn.Module) -> None:
+    """tflite --fused-ops: LiteRT's own DEPTHWISE_CONV_2D takes the runtime weight (outside
+    XNNPACK); the default tflite graph and every coreml graph keep the constant bank."""
+    fused = prepare_for_export(model, "tflite", (24, 32), delegate_forms=False)
+    assert "dynamic_conv_static" not in [e["name"] for e in fused.edgesr_rewrites]
+    assert sum(isinstance(m, DynamicDepthwiseConv2d) for m in fused.modules()) == 2 * SMALL["num_blocks"]
+    for target in ("tflite", "coreml"):
+        prepared = prepare_for_export(model, target, (24, 32))
+        assert not any(isinstance(m, DynamicDepthwiseConv2d) for m in prepared.modules()), target
+    coreml = prepare_for_export(model, "coreml", (24, 32), delegate_forms=False)
+    assert not any(isinstance(m, DynamicDepthwiseConv2d) for m in coreml.modules())
+
+
 def test_prepare_for_export_leaves_other_models_alone() -> None:
     plain = attach(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1)).eval(), ModelInfo("toy", 1))
     prepared = prepare_for_export(plain, "coreml", (8, 8))

@@ -74,7 +74,8 @@ class ExportOptions:
     min_ios: int | None = None
     # ONNX, fixed size: the forms desktop onnxruntime runs fastest (exact GELU,
     # LayerNormalization, reflect Pad, SRConvNet's runtime-weight dynamic conv) instead of
-    # those mobile delegates take (edgesr.rewrite.delegate_ops, dynamic_conv).
+    # those mobile delegates take (edgesr.rewrite.delegate_ops, dynamic_conv). TFLite:
+    # SRConvNet's runtime-weight dynamic conv, for LiteRT's own CPU kernels.
     fused_ops: bool = False
     # Quantization (see edgesr.quantize): calibration images, patch count and range method,
     # validation images, PSNR budget in dB, op groups kept float (replay), 8-bit TFLite I/O.
@@ -92,12 +93,13 @@ class ExportOptions:
     # Smallest LR side the architecture takes (set by the pipeline, not by the user).
     min_side: int = 1
 
-    @property
-    def float32_only(self) -> bool:
+    def float32_only(self, target: str) -> bool:
         """Whether the file computes in float32 wherever it is meant to run (a fp32
-        ``--fused-ops`` file for desktop onnxruntime), so that float16/int8 range safety
-        can be left out (``edgesr.rewrite.plan.ExportContext.float32_only``)."""
-        return self.fused_ops and self.precision == "fp32"
+        ``--fused-ops`` ONNX file for desktop onnxruntime), so that float16/int8 range
+        safety can be left out (``edgesr.rewrite.plan.ExportContext.float32_only``). A
+        TFLite file may meet the GPU delegate, whose Android default allows float16: it
+        keeps HiT-SR's range scaling."""
+        return target == "onnx" and self.fused_ops and self.precision == "fp32"
 
     @property
     def layout(self) -> str:
@@ -165,6 +167,10 @@ class Target(ABC):
 
     def runtime_for(self, device: str) -> str:
         return self.runtime
+
+    def notes(self, path: Path, options: ExportOptions) -> list[str]:
+        """What the report should say about the written file beyond parity and readiness."""
+        return []
 
 
 def minimum_input_size(arch: str, hparams: Mapping[str, Any]) -> int:

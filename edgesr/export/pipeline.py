@@ -161,7 +161,7 @@ def _prepare(model: nn.Module, target: str, options: ExportOptions,
     size = None if options.dynamic else tuple(options.input_size)
     prepared = prepare_for_export(model, target=target, input_size=size,
                                   delegate_forms=delegate_forms_wanted(target, options, delegate_ready),
-                                  float32_only=options.float32_only)
+                                  float32_only=options.float32_only(target))
     return prepared, list(getattr(prepared, "edgesr_rewrites", []) or [])
 
 
@@ -200,7 +200,7 @@ def _refuse_non_finite_reference(model: nn.Module, options: ExportOptions) -> No
                           "broken (diverged training?); nothing exported")
 
 
-def build_metadata(info, options: ExportOptions, rewrites: list[dict]) -> dict[str, str]:
+def build_metadata(info, options: ExportOptions, rewrites: list[dict], target: str) -> dict[str, str]:
     from edgesr import __version__
 
     height, width = options.input_size
@@ -220,7 +220,7 @@ def build_metadata(info, options: ExportOptions, rewrites: list[dict]) -> dict[s
     }
     if info.seed is not None and not info.sha256:
         metadata["edgesr.seed"] = str(info.seed)
-    if options.float32_only:
+    if options.float32_only(target):
         from edgesr.runtimes.onnxruntime_runner import FLOAT32_ONLY_KEY
 
         metadata[FLOAT32_ONLY_KEY] = "true"
@@ -344,7 +344,8 @@ def export(
         raise EdgeSRError(f"unknown export option(s) {', '.join(unknown)}; known: {', '.join(OPTION_FLAGS)}")
     chosen = get_target(target)
     if delegate_ready is None:
-        delegate_ready = chosen.name in DELEGATE_READY_BY_DEFAULT
+        # A --fused-ops file is split on purpose: the policy would refuse it.
+        delegate_ready = chosen.name in DELEGATE_READY_BY_DEFAULT and not target_options.get("fused_ops")
     shapes = tuple(tuple(int(v) for v in s) for s in (target_options.pop("shapes", None) or ()))
     options = ExportOptions(input_size=(int(input_size[0]), int(input_size[1])), precision=str(precision),
                             dynamic=bool(dynamic), shapes=shapes, device=str(device),
@@ -354,8 +355,8 @@ def export(
 
     check_fits(model, *options.input_size)
     if delegate_ready and options.fused_ops:
-        raise EdgeSRError("--fused-ops keeps ops that NNAPI rejects (a split graph): "
-                          "drop --delegate-ready or --fused-ops")
+        raise EdgeSRError("--fused-ops keeps ops that the target's delegates split (NNAPI and the CoreML EP "
+                          "for onnx, XNNPACK for tflite): drop --delegate-ready or --fused-ops")
     info = describe(model)
     file_name = (name or default_name(info, options))
     if file_name.endswith(chosen.suffix):
@@ -405,7 +406,7 @@ def export(
                 chosen.convert(module, chosen.example_input(options), options, staged)
         if not staged.exists():
             raise EdgeSRError(f"{chosen.name} conversion produced no file")
-        metadata = build_metadata(info, options, rewrites)
+        metadata = build_metadata(info, options, rewrites, chosen.name)
         chosen.write_metadata(staged, metadata)
         timings["convert"] = time.perf_counter() - started
 
@@ -419,6 +420,7 @@ def export(
         if readiness.split and not delegate_forms_wanted(chosen.name, options, delegate_ready):
             notes.append("this graph keeps the fused ops onnxruntime runs fastest on a CPU or GPU, which NNAPI "
                          "and the CoreML EP split; export with --delegate-ready for a graph they take whole")
+        notes += chosen.notes(staged, options)
         if refused:
             check = False
 

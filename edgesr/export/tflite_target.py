@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgesr.errors import EdgeSRError
-from edgesr.runtimes.litert_runner import METADATA_NAME, read_metadata
+from edgesr.runtimes.litert_runner import METADATA_NAME, read_metadata, xnnpack_coverage
 from edgesr.export.base import (
     QUANT_OPTIONS,
     ChannelsLast,
@@ -27,7 +27,7 @@ from edgesr.export.base import (
 class TFLiteTarget(Target):
     name = "tflite"
     suffix = ".tflite"
-    options = frozenset({"nhwc", "int_io"}) | QUANT_OPTIONS
+    options = frozenset({"nhwc", "int_io", "fused_ops"}) | QUANT_OPTIONS
     requires = (("litert_torch", "litert-torch"), ("ai_edge_litert", "ai-edge-litert"))
     runtime = "ai_edge_litert Interpreter (CPU, XNNPACK)"
 
@@ -56,6 +56,19 @@ class TFLiteTarget(Target):
             edge_model.export(str(destination))
         except Exception as exc:  # converter errors come in many types; report one line
             raise EdgeSRError(f"TFLite conversion failed: {first_line(exc)}") from exc
+
+    def notes(self, path: Path, options: ExportOptions) -> list[str]:
+        """The ops XNNPACK leaves to LiteRT's own kernels, when there are any: each partition
+        boundary is a hand-off (the GPU analyzer, the readiness judge, does not see them)."""
+        coverage = xnnpack_coverage(path, threads=1)
+        if coverage.partitions <= 1 and not coverage.outside:
+            return []
+        outside = ", ".join(f"{count} {op}" for op, count in coverage.outside.items())
+        why = (" (--fused-ops: SRConvNet's runtime-weight depthwise convs, faster in LiteRT's CPU kernels "
+               "than the constant-weight form in XNNPACK; export without --fused-ops for one partition)"
+               if options.fused_ops else "")
+        return [f"XNNPACK takes this graph in {coverage.partitions} partitions ({coverage.delegated} of "
+                f"{coverage.nodes} nodes); LiteRT's own kernels run {outside}{why}"]
 
     def write_metadata(self, path: Path, metadata: Mapping[str, str]) -> None:
         """A flatbuffer ``Metadata`` entry named "edgesr" whose buffer holds JSON.

@@ -216,12 +216,15 @@ def _explain(model: nn.Module, context: ExportContext) -> str:
 
 
 def _needs_constant_weights(context: ExportContext) -> bool:
-    # Every target but a fixed-size ONNX graph for desktop onnxruntime (--fused-ops):
-    # CoreML, LiteRT delegates and ORT mobile EPs need constant conv weights, and with a
-    # free batch the original's groups (batch x channels) are not a constant. ORT's CPU
-    # and CUDA kernels take a runtime weight, and the original is then the fastest form
-    # (128 vs 318 ms per MixFFN pair, table above).
-    return context.target != "onnx" or context.input_size is None or context.delegate_forms
+    # Every target but a fixed-size ONNX or TFLite graph for a CPU runtime (the default fp32
+    # ONNX file, --fused-ops): CoreML, LiteRT's XNNPACK and GPU delegates and ORT's mobile
+    # EPs need constant conv weights, and with a free batch the original's groups (batch x
+    # channels) are not a constant. ORT's CPU and CUDA kernels and LiteRT's own
+    # DEPTHWISE_CONV_2D take a runtime weight, and the original is then the fastest form:
+    # 128 vs 318 ms per MixFFN pair in ORT (table above); in LiteRT one MixFFN at 256x256
+    # took 145 ms against 398 ms for shifted_sum inside XNNPACK (2026-12-04, AMD EPYC,
+    # 2 threads, under load), at the cost of 2 extra partitions per MixFFN.
+    return context.target == "coreml" or context.input_size is None or context.delegate_forms
 
 
 DYNAMIC_CONV_STATIC = register_rewrite(
