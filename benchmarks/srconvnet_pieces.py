@@ -46,12 +46,12 @@ def onnx_call(module, features, folder: Path, threads: int):
     import onnxruntime as ort
     import torch
 
+    from edgesr.runtimes.onnxruntime_runner import session_options
+
     path = folder / "piece.onnx"
     torch.onnx.export(module.eval(), (features,), str(path), dynamo=True, optimize=True)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.enable_mem_reuse = False  # as edgesr's runner
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    # The runner's options; the runner itself takes only 3-channel images.
+    session = ort.InferenceSession(str(path), session_options(ort, threads), providers=["CPUExecutionProvider"])
     name, batch = session.get_inputs()[0].name, features.numpy()
     return lambda: session.run(None, {name: batch})
 

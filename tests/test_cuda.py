@@ -25,11 +25,10 @@ SMALL = {"srconvnet": {"dim": 16, "num_blocks": 1, "num_heads": 2, "num_kernels"
 
 @pytest.fixture
 def exact_cuda():
-    """fp32 means fp32 on the GPU too: TF32 would cost ~1e-3 and hide a real difference."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    from edgesr.export.parity import exact_cuda as no_tf32
+
+    with no_tf32():
+        yield
 
 
 @pytest.mark.parametrize("scale", [2, 4])

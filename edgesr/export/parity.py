@@ -151,7 +151,7 @@ def inputs_for(options: ExportOptions) -> list[tuple[str, np.ndarray]]:
 
 
 @contextlib.contextmanager
-def _exact_cuda() -> Iterator[None]:
+def exact_cuda() -> Iterator[None]:
     """No TF32 while computing the CUDA reference: fp32 agreement means fp32 maths."""
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -212,7 +212,7 @@ def check_parity(target: Target, path: Path, reference_model: nn.Module,
                 result.checks.append(ParityCheck(name, f"pytorch {device}", runtime, FAILED,
                                                  note=f"the runtime could not run the file: {first_line(exc)}"))
                 continue
-            with _exact_cuda() if device == "cuda" else contextlib.nullcontext():
+            with exact_cuda() if device == "cuda" else contextlib.nullcontext():
                 reference = _reference(model, batch, device)
             try:
                 max_abs, mean_abs, value_psnr = compare(output, reference)

@@ -343,14 +343,14 @@ def export(
     if unknown:
         raise EdgeSRError(f"unknown export option(s) {', '.join(unknown)}; known: {', '.join(OPTION_FLAGS)}")
     chosen = get_target(target)
-    if delegate_ready is None:
-        # A --fused-ops file is split on purpose: the policy would refuse it.
-        delegate_ready = chosen.name in DELEGATE_READY_BY_DEFAULT and not target_options.get("fused_ops")
     shapes = tuple(tuple(int(v) for v in s) for s in (target_options.pop("shapes", None) or ()))
     options = ExportOptions(input_size=(int(input_size[0]), int(input_size[1])), precision=str(precision),
                             dynamic=bool(dynamic), shapes=shapes, device=str(device),
                             **{k: v for k, v in target_options.items() if v is not None})
     options = validate(chosen, options, model)
+    if delegate_ready is None:
+        # A --fused-ops file is split on purpose: the policy would refuse it.
+        delegate_ready = chosen.name in DELEGATE_READY_BY_DEFAULT and not options.fused_ops
     from edgesr.models.profile import check_fits
 
     check_fits(model, *options.input_size)

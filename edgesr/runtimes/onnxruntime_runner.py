@@ -121,6 +121,29 @@ def register_exact_size_arena(ort: Any) -> None:
         ort.OrtArenaCfg({"arena_extend_strategy": 1}))  # 1: kSameAsRequested
 
 
+def session_options(ort: Any, threads: int | None = None) -> Any:
+    """The SessionOptions of edgesr's runner (and of benchmarks that time bare graphs with it).
+
+    onnxruntime's memory pattern pre-plans one block for the graph's intermediates: peak
+    RSS of one benchmark, with / without it, HiTNet x4 at 256x256 3.9 / 2.0 GB, SRConvNet
+    x4 2.6 / 1.5 GB; the same speed within 1 % (interleaved runs, 2 threads). Its buffer
+    reuse plan then still held HiTNet's freed intermediates through the run (the RSS climbed
+    node by node while the live tensors in its own execution order peak at 140 MB): with
+    reuse off, the arena recycles them; peak during one run at 256x256 1.82 GB -> 0.21 GB,
+    at 128x128 0.49 -> 0.06 GB, 5-12 % faster interleaved; SRConvNet the same either way.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_mem_pattern = False
+    options.enable_mem_reuse = False
+    register_exact_size_arena(ort)
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return options
+
+
 def placement_from_profile(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per provider, from the last profiled run: the nodes it ran, their op types and their time (ms).
 
@@ -168,22 +191,7 @@ class OnnxRuntimeRunner(Runner):
         self.gpu_settings = {k: v for k, v in {"trt_fp16": trt_fp16 or None, "trt_engine_cache": trt_engine_cache,
                                                "trt_workspace_gb": trt_workspace_gb, "device_id": device_id}.items()
                              if v is not None}
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # onnxruntime's memory pattern pre-plans one block for the graph's intermediates: peak
-        # RSS of one benchmark, with / without it, HiTNet x4 at 256x256 3.9 / 2.0 GB, SRConvNet
-        # x4 2.6 / 1.5 GB; the same speed within 1 % (interleaved runs, 2 threads). Its buffer
-        # reuse plan then still held HiTNet's freed intermediates through the run (the RSS climbed
-        # node by node while the live tensors in its own execution order peak at 140 MB): with
-        # reuse off, the arena recycles them; peak during one run at 256x256 1.82 GB -> 0.21 GB,
-        # at 128x128 0.49 -> 0.06 GB, 5-12 % faster interleaved; SRConvNet the same either way.
-        options.enable_mem_pattern = False
-        options.enable_mem_reuse = False
-        register_exact_size_arena(ort)
-        options.add_session_config_entry("session.use_env_allocators", "1")
-        if threads:
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
+        options = session_options(ort, threads)
         self._profile_dir = None
         self.placement: dict[str, dict[str, Any]] | None = None
         self._runs_to_profile = profiled_runs
