@@ -22,15 +22,20 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-# The layers that feed HiT-SRF's LayerNorms (OnnxQuantizer.node_groups).
+# The layers that feed HiT-SRF's LayerNorms (OnnxQuantizer.node_groups, PT2EInt8.node_groups).
 NORM_INPUTS = ("Conv:first", "MatMul:norm-input", "Gemm:norm-input", "Conv:norm-input")
+# (the MLPs' second layers, Linear:norm-input:fc2, cost nothing in int8: 0.001 dB)
+PT2E_NORM_INPUTS = ("Conv:first", "Linear:norm-input:correlation", "Conv:norm-input")
 # target -> [(precision, extra export options, label suffix)]
 PLAN = {
     "onnx": [("fp32", {}, ""), ("fp16", {}, ""), ("w8", {}, ""), ("int8", {}, ""),
              ("int8", {"keep_float": NORM_INPUTS}, " (norm inputs in float)"),
              ("int8", {"max_psnr_drop": 0.1}, " (budget 0.1 dB)")],
-    "tflite": [("fp32", {}, ""), ("fp16", {}, ""), ("int8", {}, "")],
-    "coreml": [("fp16", {}, ""), ("w8", {}, ""), ("int8", {}, "")],
+    "tflite": [("fp32", {}, ""), ("fp16", {}, ""), ("int8", {}, ""),
+               ("int8", {"keep_float": PT2E_NORM_INPUTS}, " (norm inputs in float)"),
+               ("int8", {"max_psnr_drop": 0.1}, " (budget 0.1 dB)")],
+    "coreml": [("fp16", {}, ""), ("w8", {}, ""), ("int8", {}, ""),
+               ("int8", {"keep_float": PT2E_NORM_INPUTS}, " (norm inputs in float)")],
 }
 LABELS = [f"{target} {precision}{suffix}" for target, plan in PLAN.items() for precision, _, suffix in plan]
 # docs/quantization.md: what follows this line is written by hand and kept on every run.
@@ -133,6 +138,20 @@ def _search_note(search: dict) -> str:
 
 
 def _note(target: str, q: dict) -> str | None:
+    parts = [_search_note(q["budget"])] if q.get("budget") and q["budget"].get("sensitivity") else []
+    ops = q.get("op_precision")
+    if ops:  # tflite int8: what runs in int8, and the float islands
+        int8 = ", ".join(f"{name} {count}" for name, count in ops["int8"].items()
+                         if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL"))
+        islands = sum(ops["float"].values())
+        kinds = ", ".join(f"{name} {count}" for name, count in list(ops["float"].items())[:6])
+        parts.append(f"int8 compute ops: {int8 or 'none'}; float islands: {islands} ops ({kinds}, ...), "
+                     f"{sum(ops['transitions'].values())} QUANTIZE/DEQUANTIZE")
+    own = _target_note(target, q)
+    return "; ".join(parts + ([own] if own else [])) or None
+
+
+def _target_note(target: str, q: dict) -> str | None:
     if target == "coreml":
         engine = (q.get("quantized") or {}).get("measured_with", "not measured")
         return f"PSNR-Y: {engine}; no latency (CoreML runs on macOS only)"

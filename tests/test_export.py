@@ -226,17 +226,6 @@ def test_cli_bad_input_is_one_line(tmp_path):
         assert not out.exists()
 
 
-def test_hitsr_tflite_int8_refused_before_calibration(tmp_path):
-    """LiteRT cannot convert HiT-SR's PT2E int8 graph yet: say so before minutes of
-    calibration, not after them."""
-    from edgesr.models.loading import create
-
-    model = create("hit-sir", 2, embed_dim=16, depths=[1], num_heads=[1])
-    with pytest.raises(EdgeSRError, match="tflite int8 is not available for hit-sir yet.*export fp16 for tflite"):
-        export(model, "tflite", input_size=(16, 16), precision="int8", calib=str(tmp_path), out_dir=tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-
-
 @pytest.mark.parametrize("arch", ["hit-srf", "hit-sng"])
 def test_dynamic_hitsr_is_right_at_other_sizes_and_batches(tmp_path, arch):
     """HiT-SR's any-size graph: reflect padding as in-graph gathers, window counts from
@@ -261,3 +250,20 @@ def test_dynamic_hitsr_is_right_at_other_sizes_and_batches(tmp_path, arch):
             expected = reference(torch.from_numpy(x)).numpy()
         assert got.shape == expected.shape == (batch, 3, 2 * height, 2 * width)
         assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_onnx_export_leaves_out_the_quadratic_rewrite_rule():
+    """onnxscript's SlicesSplit rule scans the whole graph for every Slice (70 % of
+    HiT-SRF's export time); the exporter runs without it, and the rule list is restored."""
+    from onnxscript import rewriter
+
+    from edgesr.export.onnx_target import QUADRATIC_REWRITE_RULES, _without_rewrite_rules
+
+    def names():
+        return {rule.name for rule in rewriter._DEFAULT_REWRITE_RULES}
+
+    before = names()
+    assert QUADRATIC_REWRITE_RULES <= before  # present in this onnxscript: leaving it out does something
+    with _without_rewrite_rules(QUADRATIC_REWRITE_RULES):
+        assert not names() & QUADRATIC_REWRITE_RULES and names() | QUADRATIC_REWRITE_RULES == before
+    assert names() == before

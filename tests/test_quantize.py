@@ -192,6 +192,51 @@ def test_a_missed_budget_writes_no_artifact_but_reports_what_was_measured(data, 
     assert q["delta_db"] == pytest.approx(q["quantized"]["psnr_y"] - q["float"]["psnr_y"], abs=1e-3)
 
 
+def _tiny_hitsr():
+    from edgesr.models.loading import create
+
+    torch.manual_seed(0)
+    return create("hit-srf", 2, embed_dim=16, depths=[1, 1], num_heads=[2, 2])
+
+
+def test_hitsr_tflite_int8_runs_with_its_float_islands_named(data, tmp_path):
+    """HiT-SR's TFLite int8: Conv/Linear in int8, the range scaling and every other op in
+    float (LiteRT's int8 DIV refuses its divisors). The report counts the file's ops of
+    each kind; a --keep-float group's nodes become float ops of the file; the budget
+    search's measure (the PT2E simulation) agrees with the file run in LiteRT."""
+    from edgesr.export.pipeline import export
+
+    report = export(_tiny_hitsr(), "tflite", input_size=SIZE, precision="int8", out_dir=tmp_path,
+                    calib=data["calib"], calib_count=4, val=data["val"], delegate_ready=False,
+                    keep_float=("Linear:norm-input:fc2",))
+    q = report.quantization
+    assert report.status == "passed" and q["io"]["input"]["dtype"] == "float32"
+    groups, ops = q["groups"], q["op_precision"]
+    # The layers that feed a LayerNorm, split by where they are called from.
+    assert {"Conv:first", "Conv", "Linear", "Linear:norm-input:correlation", "Linear:norm-input:fc2"} <= set(groups)
+    convs = sum(n for name, n in groups.items() if name.startswith("Conv"))
+    assert ops["int8"].get("CONV_2D", 0) + ops["int8"].get("DEPTHWISE_CONV_2D", 0) == convs
+    assert ops["int8"]["FULLY_CONNECTED"] == groups["Linear"] + groups["Linear:norm-input:correlation"]
+    assert ops["float"]["FULLY_CONNECTED"] == groups["Linear:norm-input:fc2"]
+    assert "DIV" in ops["float"] and "DIV" not in ops["int8"]
+    assert ops["transitions"]["QUANTIZE"] > 0
+    assert q["kept_float"]["replay"] == "--keep-float Linear:norm-input:fc2"
+    # The correlations' activation-by-activation products stay float: not all MACs are int8.
+    assert 0.5 < q["macs"]["int8_fraction"] < 1.0
+    assert abs(q["delta_db"]) < 1.0
+    assert q["plain_int8"]["psnr_y"] == pytest.approx(q["quantized"]["psnr_y"], abs=0.1)
+
+
+def test_tflite_keep_float_with_an_unknown_group_writes_nothing(data, tmp_path):
+    from edgesr.export.pipeline import export
+
+    with pytest.raises(EdgeSRError, match="--keep-float Gemm: not a group or node of this graph "
+                                          r"\(groups: Conv:first, .*Linear"):
+        export(_tiny_hitsr(), "tflite", input_size=SIZE, precision="int8", out_dir=tmp_path / "out",
+               calib=data["calib"], calib_count=4, val=data["val"], keep_float=("Gemm",))
+    assert not any((tmp_path / "out").iterdir())
+
+
 class Sensitive(nn.Module):
     """x2 upscaler (bilinear of the image plus a small residual) whose image path goes
     through a tensor with one channel 10^4 times larger than the others: a

@@ -88,9 +88,9 @@ def export_command(
     val: Optional[Path] = typer.Option(None, "--val", help="Validation images for PSNR-Y (default: "
                                        "calibration images held out of calibration)."),
     max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", help="PSNR-Y budget in dB; "
-                                                  "onnx int8 keeps the costliest ops in float to meet it."),
-    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="onnx int8: op groups/nodes to keep "
-                                             "in float (replays a report's choice), comma-separated."),
+                                                  "onnx/tflite int8 keep the costliest op groups in float to meet it."),
+    keep_float: Optional[str] = typer.Option(None, "--keep-float", help="onnx/tflite int8: op groups/nodes to "
+                                             "keep in float (replays a report's choice), comma-separated."),
     reduce_range: bool = typer.Option(False, "--reduce-range", help="onnx int8: 7-bit weights, for x86 CPUs "
                                       "with AVX2 but no VNNI, whose U8S8 kernels otherwise saturate "
                                       "(phones and VNNI CPUs do not need it)."),

@@ -95,13 +95,6 @@ class ExportReport:
         return None if self.size_bytes is None else self.size_bytes / 1e6
 
 
-# Exports that produce no usable file yet, refused before calibration rather than after it.
-_HIT_TFLITE_INT8 = ("LiteRT's converter rejects a reshape of the PT2E graph (same-scale constraint), "
-                    "and int8 DIV kernels fail on the range rewrite's divisors, which round to 0; "
-                    "export fp16 for tflite, or int8 for onnx")
-NOT_AVAILABLE = {(arch, "tflite", "int8"): _HIT_TFLITE_INT8 for arch in ("hit-sir", "hit-sng", "hit-srf")}
-
-
 def validate(target: Target, options: ExportOptions, model: nn.Module) -> ExportOptions:
     """Every user error, before any work; returns options with min_side filled in."""
     from edgesr.models.descriptor import describe
@@ -121,9 +114,6 @@ def validate(target: Target, options: ExportOptions, model: nn.Module) -> Export
     except ValueError:
         raise EdgeSRError("the model carries no edgesr descriptor: build it with "
                           "edgesr.load or edgesr.create") from None
-    reason = NOT_AVAILABLE.get((info.arch, target.name, options.precision))
-    if reason:
-        raise EdgeSRError(f"{target.name} {options.precision} is not available for {info.arch} yet: {reason}")
     minimum = minimum_input_size(info.arch, info.hparams)
     for size in [options.input_size, *options.shapes]:
         if min(size) < minimum:

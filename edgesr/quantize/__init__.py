@@ -67,9 +67,6 @@ def check_options(options, target) -> None:
             raise EdgeSRError("--max-psnr-drop needs a validation set: give --val DIR or --calib DIR")
     if options.keep_float and precision != "int8":
         raise EdgeSRError("--keep-float applies to --precision int8")
-    if options.keep_float and target.name != "onnx":
-        raise EdgeSRError(f"--keep-float: {target.name} int8 quantizes every op (the float-op "
-                          f"search runs for onnx)")
     if options.reduce_range and precision != "int8":
         raise EdgeSRError("--reduce-range applies to --precision int8 (onnxruntime's x86 U8S8 kernels)")
     if options.int_io and precision != "int8":

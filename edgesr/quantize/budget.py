@@ -3,7 +3,9 @@
 Sensitivity analysis: each group is quantized alone (everything else float) and its
 PSNR-Y cost against the float model measured; then, starting from the fully
 quantized model, the costliest groups are moved back to float one by one until the
-budget holds. The target supplies ``measure(keep_float_groups) -> PSNR-Y``.
+budget holds. The target supplies ``measure(keep_float_groups) -> PSNR-Y``;
+``KeepFloat`` is what every target does around it (``--keep-float`` names, the search
+when ``--max-psnr-drop`` is given, the report's ``kept_float`` section).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 from edgesr.errors import EdgeSRError
 
-# More than this fraction of the compute ops in float: "most of the network".
+# More than this fraction of the compute (ops, or MACs where the target counts them) in
+# float: "most of the network".
 MOST_IN_FLOAT = 0.5
 
 Measure = Callable[[Sequence[str]], float]
@@ -100,9 +103,64 @@ def search(groups: Mapping[str, Sequence[str]], measure: Measure, float_psnr: fl
         result.verdict = f"no choice of float groups meets the {budget_db:g} dB budget"
     elif result.float_fraction > MOST_IN_FLOAT:
         result.verdict = (f"the {budget_db:g} dB budget is met only by leaving most of the network in "
-                          f"float ({result.float_fraction:.0%} of its compute ops: "
+                          f"float ({result.float_fraction:.0%} of its compute: "
                           f"{', '.join(result.kept_float)})")
     else:
         result.verdict = (f"kept {', '.join(result.kept_float)} in float "
-                          f"({result.float_fraction:.0%} of the compute ops) to meet {budget_db:g} dB")
+                          f"({result.float_fraction:.0%} of the compute) to meet {budget_db:g} dB")
     return result
+
+
+def resolve_keep_float(names: Sequence[str], groups: Mapping[str, Sequence[str]]) -> list[str]:
+    """--keep-float: group names (as the report lists them) or node names; unknown -> error."""
+    nodes = {n for v in groups.values() for n in v}
+    unknown = [n for n in names if n not in groups and n not in nodes]
+    if unknown:
+        raise EdgeSRError(f"--keep-float {','.join(unknown)}: not a group or node of this graph "
+                          f"(groups: {', '.join(groups)})")
+    return list(names)
+
+
+@dataclass
+class KeepFloat:
+    """One target's quantizable nodes in groups, and the measure of a choice of float groups.
+
+    ``measure_nodes(nodes kept in float) -> PSNR-Y``; ``float_share(nodes kept in float)``:
+    the fraction of the network's compute left in float (default: those nodes' share of
+    the grouped nodes)."""
+
+    groups: Mapping[str, Sequence[str]]
+    measure_nodes: Callable[[Sequence[str]], float]
+    float_share: Callable[[Sequence[str]], float] | None = None
+
+    def nodes_of(self, names: Sequence[str]) -> list[str]:
+        return [node for name in names for node in self.groups.get(name, [name])]
+
+    def measure(self, names: Sequence[str]) -> float:
+        return self.measure_nodes(self.nodes_of(names))
+
+    def weight(self, names: Sequence[str]) -> float:
+        nodes = self.nodes_of(names)
+        if self.float_share is not None:
+            return self.float_share(nodes)
+        grouped = {n for v in self.groups.values() for n in v}
+        return len(grouped & set(nodes)) / max(1, len(grouped))
+
+    def choose(self, options, float_psnr: float | None, section: dict[str, Any],
+               stage: Stage | None = None) -> list[str]:
+        """The float groups of the artifact: ``--keep-float`` as given, else the budget
+        search's choice when ``--max-psnr-drop`` is set (recorded under ``budget``), else
+        none. Fills ``groups``, ``plain_int8`` and ``kept_float`` in ``section``."""
+        keep = resolve_keep_float(options.keep_float, self.groups)
+        section["groups"] = {name: len(nodes) for name, nodes in self.groups.items()}
+        plain = self.measure(keep) if float_psnr is not None else None
+        chosen = list(keep)
+        if options.max_psnr_drop is not None and not keep and plain is not None:
+            result = search(self.groups, self.measure, float_psnr, plain, options.max_psnr_drop,
+                            weight=self.weight, stage=stage)
+            section["budget"] = result.to_dict()
+            chosen = list(result.kept_float) if result.met else []
+        section["plain_int8"] = None if plain is None else {"psnr_y": round(plain, 4)}
+        section["kept_float"] = {"groups": chosen, "nodes": self.nodes_of(chosen),
+                                 "replay": f"--keep-float {','.join(chosen)}" if chosen else ""}
+        return chosen

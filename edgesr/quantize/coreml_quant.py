@@ -3,11 +3,12 @@
 - w8: the fp32 ML Program is converted first, then ``coremltools.optimize.coreml.
   linear_quantize_weights`` (symmetric per-channel int8) rewrites its weights.
 - int8 (W8A8): activations must be calibrated by running the model; CoreML runs only
-  on macOS, so calibration happens on the PyTorch side: PT2E (torchao
-  ``prepare_pt2e``/``convert_pt2e`` with litert-torch's symmetric per-channel int8
-  quantizer) observes the calibration patches, and the quantize/dequantize graph is
-  converted by coremltools into an ML Program with int8 weights and quantized
-  activations. (coremltools' own CoreMLQuantizer does not import with this PyTorch.)
+  on macOS, so calibration happens on the PyTorch side: PT2E (``edgesr.quantize.pt2e``,
+  litert-torch's symmetric per-channel int8 quantizer) observes the calibration
+  patches, and the quantize/dequantize graph is converted by coremltools into an ML
+  Program with int8 weights and quantized activations. ``--keep-float`` and the
+  ``--max-psnr-drop`` search choose compute nodes to leave in float, as for ONNX and
+  TFLite. (coremltools' own CoreMLQuantizer does not import with this PyTorch.)
 - fp16: the target's own conversion.
 
 PSNR-Y is measured on the written .mlpackage itself: with ``MLModel.predict`` on macOS,
@@ -19,8 +20,6 @@ checked by reloading the spec.
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
 
 from edgesr.errors import EdgeSRError
 from edgesr.export.base import first_line
@@ -38,20 +37,6 @@ def _weights_int8(source: Path, destination: Path) -> None:
         quantized.save(str(destination))
     except Exception as exc:
         raise EdgeSRError(f"CoreML w8 (linear_quantize_weights) failed: {first_line(exc)}") from exc
-
-
-def _pt2e_model(module, example, patches: np.ndarray):
-    import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
-    from torchao.quantization.pt2e import quantize_pt2e
-
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    captured = torch.export.export(module, (example,)).module()
-    prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
-    with torch.no_grad():
-        for patch in patches:
-            prepared(torch.from_numpy(np.ascontiguousarray(patch[None])))
-    return _constants_dequantized(quantize_pt2e.convert_pt2e(prepared, fold_quantize=True))
 
 
 def _constants_dequantized(model):
@@ -123,14 +108,27 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     elif options.precision == "int8":
         if options.image_io:
             raise EdgeSRError("--image-io with --precision int8 is not supported for coreml yet")
-        stage(f"PT2E int8 calibration in PyTorch ({len(calib)} patches) for CoreML W8A8")
         import torch
 
+        from edgesr.quantize.budget import KeepFloat
+        from edgesr.quantize.pt2e import PT2EInt8
+        from edgesr.quantize.quality import measure_psnr
+
+        stage(f"PT2E int8 calibration in PyTorch ({len(calib)} patches) for CoreML W8A8")
+        quantizer = PT2EInt8(module, example, calib.patches, nhwc=False, compute_only=False)
+        tile = tuple(options.input_size)
+        keep_float = KeepFloat(quantizer.node_groups(),
+                               lambda nodes: measure_psnr(quantizer.batch_fn(nodes), val, tile, arch).psnr_y,
+                               lambda nodes: 1.0 - quantizer.int8_macs(nodes)["int8_fraction"])
+        section["search_measured_with"] = ("the PT2E simulation in PyTorch (quantize/dequantize in float); "
+                                           "the verdict is the written ML program")
+        chosen = keep_float.choose(options, float_quality.psnr_y if float_quality else None, section, stage)
+        section["macs"] = quantizer.int8_macs(keep_float.nodes_of(chosen))
         try:
-            quantized = _pt2e_model(module, example, calib.patches)
+            quantized = _constants_dequantized(quantizer.converted(keep_float.nodes_of(chosen), fold_quantize=True))
             program = torch.export.export(quantized, (example,)).run_decompositions({})
         except Exception as exc:
-            raise EdgeSRError(f"CoreML int8: PT2E calibration failed: {first_line(exc)}") from exc
+            raise EdgeSRError(f"CoreML int8: export of the PT2E graph failed: {first_line(exc)}") from exc
         # Activation quantize/dequantize in an ML Program needs iOS 17.
         from dataclasses import replace
 

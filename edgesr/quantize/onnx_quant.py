@@ -292,7 +292,7 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     import shutil
 
     from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
-    from edgesr.quantize.budget import search
+    from edgesr.quantize.budget import KeepFloat
     from edgesr.quantize.quality import latency_ms, measure_psnr
 
     float_path = work / "float.onnx"
@@ -315,43 +315,23 @@ def export_quantized(target, module, example, options, destination: Path, work: 
               f"calibration on {len(calib)} patches)")
         quantizer = OnnxQuantizer(float_path, work, calib, options.calib_method, op_types=COMPUTE_OPS,
                                   reduce_range=options.reduce_range)
-        groups = quantizer.node_groups()
-        weights = "7-bit (--reduce-range)" if options.reduce_range else "int8"
-        section["method"] = (f"onnxruntime quantize_static, QDQ, {'/'.join(COMPUTE_OPS)} only, per-channel "
-                             f"symmetric {weights} weights, uint8 asymmetric activations (U8S8)")
         section["preprocessing"] = quantizer.pre_note
-        section["groups"] = {name: len(nodes) for name, nodes in groups.items()}
-        keep = _resolve_keep_float(options.keep_float, groups)
-        compute = quantizer.compute_nodes() or {n for v in groups.values() for n in v}
         counter = iter(range(10**6))
 
-        def nodes_of(names):
-            return [node for name in names for node in groups.get(name, [name])]
-
-        def measure(kept):
-            path = quantizer.quantize(work / f"candidate-{next(counter)}.onnx", nodes_of(kept))
+        def measure(nodes):
+            path = quantizer.quantize(work / f"candidate-{next(counter)}.onnx", nodes)
             value = psnr_of(path).psnr_y
             path.unlink(missing_ok=True)
             return value
 
-        def weight(names):
-            return len(compute & set(nodes_of(names))) / max(1, len(compute))
-
-        plain = quantizer.quantize(work / "plain.onnx", nodes_of(keep))
-        plain_quality = psnr_of(plain)
-        chosen = list(keep)
-        if options.max_psnr_drop is not None and not keep and float_quality is not None:
-            result = search(groups, measure, float_quality.psnr_y, plain_quality.psnr_y,
-                            options.max_psnr_drop, weight=weight, stage=stage)
-            section["budget"] = result.to_dict()
-            chosen = list(result.kept_float) if result.met else []
-        section["plain_int8"] = plain_quality.to_dict() if plain_quality else None
-        if chosen and chosen != list(keep):
-            quantizer.quantize(destination, nodes_of(chosen))
-        else:
-            shutil.copyfile(plain, destination)
-        section["kept_float"] = {"groups": chosen, "nodes": nodes_of(chosen),
-                                 "replay": (f"--keep-float {','.join(chosen)!s}" if chosen else "")}
+        compute = quantizer.compute_nodes()
+        keep_float = KeepFloat(quantizer.node_groups(), measure,
+                               lambda nodes: len(compute & set(nodes)) / max(1, len(compute)))
+        weights = "7-bit (--reduce-range)" if options.reduce_range else "int8"
+        section["method"] = (f"onnxruntime quantize_static, QDQ, {'/'.join(COMPUTE_OPS)} only, per-channel "
+                             f"symmetric {weights} weights, uint8 asymmetric activations (U8S8)")
+        chosen = keep_float.choose(options, float_quality.psnr_y if float_quality else None, section, stage)
+        quantizer.quantize(destination, keep_float.nodes_of(chosen))
     else:
         shutil.copyfile(float_path, destination)
     quality = psnr_of(destination)
@@ -391,13 +371,3 @@ def host_kernel_quality(host, exact, note: str | None = None) -> dict:
         figure["note"] = ("this host's int8 kernels accumulate in int32; a CPU with AVX2 but no VNNI "
                           "saturates U8S8 pair sums (export with --reduce-range for such a host)")
     return figure
-
-
-def _resolve_keep_float(names, groups: dict[str, list[str]]) -> list[str]:
-    """--keep-float: group names (as the report lists them) or node names; unknown -> error."""
-    nodes = {n for v in groups.values() for n in v}
-    unknown = [n for n in names if n not in groups and n not in nodes]
-    if unknown:
-        raise EdgeSRError(f"--keep-float {','.join(unknown)}: not a group or node of this graph "
-                          f"(groups: {', '.join(groups)})")
-    return list(names)

@@ -3,8 +3,11 @@
 int8: the wrapped module is captured with torch.export, observed with litert-torch's
 PT2E quantizer (symmetric per-channel int8 weights, histogram-calibrated int8
 activations) on the calibration patches, converted with ``convert_pt2e`` and then
-by ``litert_torch.convert``: a fully int8 graph with float32 I/O (QUANTIZE /
-DEQUANTIZE at its ends).
+by ``litert_torch.convert`` (``PT2EInt8``): SRConvNet as a fully int8 graph with
+float32 I/O (QUANTIZE / DEQUANTIZE at its ends); HiT-SR with its Conv/Linear ops in
+int8 and the rest in float (``COMPUTE_ONLY_ARCHS``). The report's ``op_precision``
+names the float islands. ``--keep-float`` and the ``--max-psnr-drop`` search work as
+for ONNX (``edgesr.quantize.budget.KeepFloat``), on the same kinds of groups.
 
 I/O: litert-torch's PT2E graph already takes and returns int8 tensors (scale ~1/255,
 zero point -128 for [0,1] images: q = pixel - 128), recorded in the report's ``io``
@@ -24,32 +27,21 @@ import numpy as np
 
 from edgesr.errors import EdgeSRError
 from edgesr.export.base import first_line
+from edgesr.quantize.pt2e import COMPUTE_ONLY_ARCHS, COMPUTE_ONLY_REASON, PT2EInt8
 
 IO_SCALE = 1.0 / 255.0
 EXACT_GATE = ("LiteRT with XNNPACK: its int8 kernels accumulate in int32 on every CPU (no saturating "
               "int16 pair sums), so the figure does not depend on the host")
 
 
-def _pt2e_int8(module, example, patches: np.ndarray, nhwc: bool, destination: Path) -> None:
+def _write_int8(quantizer: PT2EInt8, destination: Path, keep_float=()) -> None:
     import litert_torch
-    import torch
-    from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import quantize_pt2e
 
-    quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     try:
-        captured = torch.export.export(module, (example,)).module()
-        prepared = quantize_pt2e.prepare_pt2e(captured, quantizer)
-        with torch.no_grad():
-            for patch in patches:
-                batch = torch.from_numpy(np.ascontiguousarray(patch[None]))
-                prepared(batch.permute(0, 2, 3, 1).contiguous() if nhwc else batch)
-        converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
-        edge = litert_torch.convert(converted, (example,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
+        edge = litert_torch.convert(quantizer.converted(keep_float), (quantizer.example,),
+                                    quant_config=QuantConfig(pt2e_quantizer=quantizer.quantizer(keep_float)))
         edge.export(str(destination))
-    except EdgeSRError:
-        raise
     except Exception as exc:
         raise EdgeSRError(f"TFLite int8 (PT2E) conversion failed: {first_line(exc)}") from exc
 
@@ -98,6 +90,31 @@ def make_int_io(path: Path) -> None:
     tensor = graph.tensors[output_index]
     tensor.type, tensor.quantization = schema.TensorType.UINT8, pixel_params()
     path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+
+
+def op_precision(path: Path) -> dict:
+    """The file's ops by the type they compute in: ``int8`` (int8/uint8 output), ``float``
+    (the float islands: each is a hand-off from int8 kernels, and NNAPI runs it in float
+    or on the CPU) and the QUANTIZE/DEQUANTIZE ``transitions`` between them."""
+    from collections import Counter
+
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+    names = {value: name for name, value in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    integer = {schema.TensorType.INT8, schema.TensorType.UINT8, schema.TensorType.INT16, schema.TensorType.INT32}
+    counts = {"int8": Counter(), "float": Counter(), "transitions": Counter()}
+    for graph in model.subgraphs:
+        for op in graph.operators:
+            code = model.operatorCodes[op.opcodeIndex]
+            name = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "CUSTOM")
+            if name in ("QUANTIZE", "DEQUANTIZE"):
+                kind = "transitions"
+            else:
+                kind = "int8" if graph.tensors[op.outputs[0]].type in integer else "float"
+            counts[kind][name] += 1
+    return {kind: dict(counter.most_common()) for kind, counter in counts.items()}
 
 
 def _io_description(path: Path) -> dict:
@@ -161,17 +178,32 @@ def _builtin_kernels(path: Path, nhwc: bool) -> dict:
 def export_quantized(target, module, example, options, destination: Path, work: Path, calib, val,
                      float_quality, arch, stage) -> dict:
     from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
+    from edgesr.quantize.budget import KeepFloat
     from edgesr.quantize.quality import latency_ms, measure_psnr
 
     section: dict = {"runtime": "ai_edge_litert Interpreter (CPU, XNNPACK)"}
     if options.precision == "int8":
         section["gate"] = EXACT_GATE
     float_path = work / "float.tflite"
+    tile = tuple(options.input_size)
     if options.precision == "int8":
-        stage(f"PT2E int8 through litert-torch ({len(calib)} calibration patches)")
-        _pt2e_int8(module, example, calib.patches, options.nhwc, destination)
-        section["method"] = ("PT2E (litert-torch PT2EQuantizer): symmetric per-channel int8 weights, "
-                             "int8 activations calibrated with histogram observers")
+        compute_only = arch in COMPUTE_ONLY_ARCHS
+        stage(f"PT2E int8 through litert-torch: calibration on {len(calib)} patches, then the int8 graph")
+        quantizer = PT2EInt8(module, example, calib.patches, options.nhwc, compute_only)
+        keep_float = KeepFloat(quantizer.node_groups(),
+                               lambda nodes: measure_psnr(quantizer.batch_fn(nodes), val, tile, arch).psnr_y,
+                               lambda nodes: 1.0 - quantizer.int8_macs(nodes)["int8_fraction"])
+        scope = "Conv/Linear only (every other op in float)" if compute_only else "every op litert-torch annotates"
+        section["method"] = (f"PT2E (litert-torch PT2EQuantizer), {scope}: symmetric per-channel int8 "
+                             "weights, int8 activations calibrated with histogram observers")
+        if compute_only:
+            section["compute_only_reason"] = COMPUTE_ONLY_REASON
+        section["search_measured_with"] = ("the PT2E simulation in PyTorch (quantize/dequantize in float); "
+                                           "the verdict is the written file on LiteRT")
+        chosen = keep_float.choose(options, float_quality.psnr_y if float_quality else None, section, stage)
+        stage("converting the int8 graph with litert-torch")
+        _write_int8(quantizer, destination, keep_float.nodes_of(chosen))
+        section["macs"] = quantizer.int8_macs(keep_float.nodes_of(chosen))
         if calib.to_dict() and options.calib_method != "minmax":
             section["calibration_method_note"] = ("PT2E uses litert-torch's histogram observers; "
                                                   f"--calib-method {options.calib_method} applies to onnx")
@@ -179,6 +211,7 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         if options.int_io and section["io"]["input"]["dtype"] == "float32":
             make_int_io(destination)
             section["io"] = _io_description(destination)
+        section["op_precision"] = op_precision(destination)
     elif options.precision == "w8":
         _weight_only(module, example, destination)
         section["method"] = "litert-torch weight-only int8 recipe (per-channel); float activations"
@@ -189,7 +222,6 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         target.convert(module, example, float_options(options), float_path)
     else:
         float_path = destination
-    tile = tuple(options.input_size)
     quality = measure_psnr(interpreter_fn(destination, options.nhwc), val, tile, arch) if val is not None else None
     section["quantized"] = quality.to_dict() if quality else None
     if options.precision == "int8":
@@ -202,6 +234,4 @@ def export_quantized(target, module, example, options, destination: Path, work: 
                              "speedup_vs_fp32": round(float_ms / quant_ms, 3),
                              "note": LATENCY_NOTE.format(n=LATENCY_REPEATS)}
     section["size_bytes"] = {"fp32": float_path.stat().st_size, options.precision: destination.stat().st_size}
-    if options.max_psnr_drop is not None:
-        section["budget_note"] = "tflite: the budget is checked, the float-op search runs for onnx"
     return section
