@@ -406,6 +406,18 @@ def test_coreml_int8_and_w8_are_valid_and_measured_on_the_program(data, tmp_path
         assert abs(q["delta_db"]) < max_drop, q
 
 
+
+def test_coreml_int8_keeps_the_chosen_groups_in_float(data, tmp_path):
+    """--keep-float for coreml (the PT2E graph shared with tflite): the first Conv's weight
+    stays float in the ML program, and the report's int8 share of the MACs drops."""
+    plain = _export("coreml", "int8", data, tmp_path, name="plain").quantization
+    kept = _export("coreml", "int8", data, tmp_path, name="kept", keep_float=("Conv:first",)).quantization
+    int8_weights = "constexpr_affine_dequantize"
+    assert kept["structure"]["int8_ops"][int8_weights] == plain["structure"]["int8_ops"][int8_weights] - 1
+    assert kept["kept_float"]["groups"] == ["Conv:first"] and len(kept["kept_float"]["nodes"]) == 1
+    assert kept["macs"]["int8_fraction"] < plain["macs"]["int8_fraction"]
+    assert abs(kept["delta_db"]) < 1.0
+
 _CALIBRATION_MEMORY = r"""
 import resource, sys
 from pathlib import Path
