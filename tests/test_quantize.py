@@ -159,6 +159,28 @@ def test_search_keeps_the_costliest_groups():
     assert tight.met and "most of the network in float" in tight.verdict
 
 
+def test_search_gives_the_cheap_nodes_of_small_kept_groups_back_to_int8():
+    """One node can carry a kept group's whole cost (HiTNet's Conv:norm-input: 0.25 and
+    0.004 dB): once the budget holds, small groups are tried node by node; larger ones
+    stay whole."""
+    from edgesr.quantize.budget import REFINE_MAX_NODES, search
+
+    node_costs = {"a0": 0.02, "a1": 0.02, "b0": 0.5, "b1": 0.001}
+    node_costs.update({f"c{i}": 0.0 for i in range(6)})
+    node_costs.update({f"d{i}": 0.05 for i in range(REFINE_MAX_NODES + 1)})
+    groups = {name: [node for node in node_costs if node[0] == name.lower()] for name in "ABCD"}
+
+    def measure(kept):
+        floated = {node for name in kept for node in groups.get(name, [name])}
+        return 30.0 - sum(cost for node, cost in node_costs.items() if node not in floated)
+
+    result = search(groups, measure, float_psnr=30.0, plain_psnr=measure([]), budget_db=0.1)
+    assert result.met and result.kept_float == ["D", "b0"]
+    assert result.final_delta_db == pytest.approx(-0.041)
+    assert {"kept_float": ["D", "b0"], "psnr_y": 29.959, "delta_db": -0.041} in result.steps
+    assert "kept D, b0 in float (40% of the compute)" in result.verdict
+
+
 def test_a_missed_budget_writes_no_artifact_but_reports_what_was_measured(data, tmp_path):
     """The bundled (trained) demo model with its MatMuls in float loses a little in int8
     (0.012 dB on the exact gate). The same export with a budget of half that loss is
@@ -283,7 +305,7 @@ def test_budget_search_finds_the_sensitive_op(data, tmp_path):
     counter = iter(range(1000))
 
     def measure(kept):
-        nodes = [n for name in kept for n in groups[name]]
+        nodes = [n for name in kept for n in groups.get(name, [name])]
         path = quantizer.quantize(tmp_path / f"c{next(counter)}.onnx", nodes)
         return measure_psnr(session_fn(path, exact=True), val, SIZE).psnr_y
 
@@ -367,7 +389,7 @@ def test_layers_feeding_a_norm_are_a_group_and_the_search_keeps_them(data, tmp_p
     counter = iter(range(1000))
 
     def measure(kept):
-        nodes = [n for name in kept for n in groups[name]]
+        nodes = [n for name in kept for n in groups.get(name, [name])]
         path = quantizer.quantize(tmp_path / f"c{next(counter)}.onnx", nodes)
         return measure_psnr(session_fn(path, exact=True), val, SIZE).psnr_y
 

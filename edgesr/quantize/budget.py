@@ -17,6 +17,8 @@ from edgesr.errors import EdgeSRError
 # More than this fraction of the compute (ops, or MACs where the target counts them) in
 # float: "most of the network".
 MOST_IN_FLOAT = 0.5
+# Once the budget holds, kept groups of at most this many nodes are tried node by node.
+REFINE_MAX_NODES = 4
 
 Measure = Callable[[Sequence[str]], float]
 Stage = Callable[[str], None]
@@ -63,15 +65,16 @@ def search(groups: Mapping[str, Sequence[str]], measure: Measure, float_psnr: fl
            stage: Stage | None = None) -> BudgetResult:
     """Keep the costliest groups in float until ``float - psnr <= budget_db``.
 
-    ``weight(groups)`` is the fraction of the network those groups hold (default: the
-    node count share); above MOST_IN_FLOAT the result says plainly that the budget was
-    met only by leaving most of the network in float.
+    ``weight(names)`` is the fraction of the network those groups (or nodes) hold
+    (default: the node count share); above MOST_IN_FLOAT the result says plainly that the
+    budget was met only by leaving most of the network in float. ``measure`` and
+    ``weight`` take node names as well as group names (``_refine``).
     """
     if budget_db < 0:
         raise EdgeSRError(f"--max-psnr-drop {budget_db}: give a drop in dB >= 0")
     stage = stage or (lambda message: None)
     total = sum(len(v) for v in groups.values()) or 1
-    weight = weight or (lambda names: sum(len(groups[n]) for n in names) / total)
+    weight = weight or (lambda names: sum(len(groups.get(n, [n])) for n in names) / total)
     result = BudgetResult(budget_db, float_psnr, plain_psnr, met=float_psnr - plain_psnr <= budget_db,
                           final_psnr_y=plain_psnr)
     if result.met:
@@ -98,6 +101,8 @@ def search(groups: Mapping[str, Sequence[str]], measure: Measure, float_psnr: fl
             result.met = True
             result.kept_float, result.final_psnr_y = list(kept), value
             break
+    if result.met:
+        _refine(result, groups, measure, weight, stage)
     result.float_fraction = round(weight(result.kept_float), 4) if result.met else 1.0
     if not result.met:
         result.verdict = f"no choice of float groups meets the {budget_db:g} dB budget"
@@ -109,6 +114,30 @@ def search(groups: Mapping[str, Sequence[str]], measure: Measure, float_psnr: fl
         result.verdict = (f"kept {', '.join(result.kept_float)} in float "
                           f"({result.float_fraction:.0%} of the compute) to meet {budget_db:g} dB")
     return result
+
+
+def _refine(result: BudgetResult, groups: Mapping[str, Sequence[str]], measure: Measure,
+            weight: Callable[[Sequence[str]], float], stage: Stage) -> None:
+    """Give the nodes of small kept groups back to int8 one at a time (the largest share
+    first) while the budget holds: one node can carry a group's whole cost (HiTNet's two
+    ``Conv:norm-input`` convs cost 0.25 and 0.004 dB). A group left whole keeps its name."""
+    kept = list(result.kept_float)
+    for group in list(result.kept_float):
+        members = list(groups.get(group, ()))
+        if not 1 < len(members) <= REFINE_MAX_NODES:
+            continue
+        others = [name for name in kept if name != group]
+        remaining = list(members)
+        for node in sorted(members, key=lambda name: -weight([name])):
+            trial = [name for name in remaining if name != node]
+            stage(f"budget: {node} ({group}) back in int8")
+            value = measure(others + trial)
+            result.steps.append({"kept_float": others + trial, "psnr_y": round(value, 4),
+                                 "delta_db": round(value - result.float_psnr_y, 4)})
+            if result.float_psnr_y - value <= result.budget_db:
+                remaining, result.final_psnr_y = trial, value
+        kept = others + ([group] if remaining == members else remaining)
+    result.kept_float = kept
 
 
 def resolve_keep_float(names: Sequence[str], groups: Mapping[str, Sequence[str]]) -> list[str]:
