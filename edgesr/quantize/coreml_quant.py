@@ -110,18 +110,12 @@ def export_quantized(target, module, example, options, destination: Path, work: 
             raise EdgeSRError("--image-io with --precision int8 is not supported for coreml yet")
         import torch
 
-        from edgesr.quantize.budget import KeepFloat
-        from edgesr.quantize.pt2e import PT2EInt8
-        from edgesr.quantize.quality import measure_psnr
+        from edgesr.quantize.pt2e import PT2EInt8, SEARCH_MEASURED_WITH
 
         stage(f"PT2E int8 calibration in PyTorch ({len(calib)} patches) for CoreML W8A8")
         quantizer = PT2EInt8(module, example, calib.patches, nhwc=False, compute_only=False)
-        tile = tuple(options.input_size)
-        keep_float = KeepFloat(quantizer.node_groups(),
-                               lambda nodes: measure_psnr(quantizer.batch_fn(nodes), val, tile, arch).psnr_y,
-                               lambda nodes: 1.0 - quantizer.int8_macs(nodes)["int8_fraction"])
-        section["search_measured_with"] = ("the PT2E simulation in PyTorch (quantize/dequantize in float); "
-                                           "the verdict is the written ML program")
+        keep_float = quantizer.keep_float(val, tuple(options.input_size), arch)
+        section["search_measured_with"] = SEARCH_MEASURED_WITH
         chosen = keep_float.choose(options, float_quality.psnr_y if float_quality else None, section, stage)
         section["macs"] = quantizer.int8_macs(keep_float.nodes_of(chosen))
         try:

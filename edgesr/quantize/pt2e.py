@@ -22,6 +22,8 @@ COMPUTE_ONLY_ARCHS = ("hit-sir", "hit-sng", "hit-srf")
 COMPUTE_ONLY_REASON = ("HiT-SR: the range scaling's divisors round to the int8 zero point (LiteRT's int8 DIV "
                        "refuses them) and the bias anchor's reshape breaks the converter's same-scale rule, "
                        "so only Conv/Linear are int8")
+SEARCH_MEASURED_WITH = ("the PT2E simulation in PyTorch (quantize/dequantize in float); the verdict is "
+                        "the written file in its runtime")
 # litert-torch's PT2E annotators of the compute ops (Conv, Linear and its addmm form).
 _COMPUTE_ANNOTATORS = ("linear", "addmm", "conv")
 
@@ -202,6 +204,16 @@ class PT2EInt8:
                 float_ += _macs(node)
         return {"int8_gmac": round(int8 / 1e9, 3), "float_gmac": round(float_ / 1e9, 3),
                 "int8_fraction": round(int8 / max(1, int8 + float_), 4)}
+
+    def keep_float(self, val, tile: tuple[int, int], arch: str):
+        """The budget search's view of this graph (``budget.KeepFloat``): its groups, the
+        simulation's PSNR-Y on ``val`` and the MAC share left in float."""
+        from edgesr.quantize.budget import KeepFloat
+        from edgesr.quantize.quality import measure_psnr
+
+        return KeepFloat(self.node_groups(),
+                         lambda nodes: measure_psnr(self.batch_fn(nodes), val, tile, arch).psnr_y,
+                         lambda nodes: 1.0 - self.int8_macs(nodes)["int8_fraction"])
 
     def converted(self, keep_float=(), fold_quantize: bool = False):
         """The PT2E int8 module (quantize/dequantize nodes, float ops) with the nodes in

@@ -27,7 +27,7 @@ import numpy as np
 
 from edgesr.errors import EdgeSRError
 from edgesr.export.base import first_line
-from edgesr.quantize.pt2e import COMPUTE_ONLY_ARCHS, COMPUTE_ONLY_REASON, PT2EInt8
+from edgesr.quantize.pt2e import COMPUTE_ONLY_ARCHS, COMPUTE_ONLY_REASON, PT2EInt8, SEARCH_MEASURED_WITH
 
 IO_SCALE = 1.0 / 255.0
 EXACT_GATE = ("LiteRT with XNNPACK: its int8 kernels accumulate in int32 on every CPU (no saturating "
@@ -178,7 +178,6 @@ def _builtin_kernels(path: Path, nhwc: bool) -> dict:
 def export_quantized(target, module, example, options, destination: Path, work: Path, calib, val,
                      float_quality, arch, stage) -> dict:
     from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
-    from edgesr.quantize.budget import KeepFloat
     from edgesr.quantize.quality import latency_ms, measure_psnr
 
     section: dict = {"runtime": "ai_edge_litert Interpreter (CPU, XNNPACK)"}
@@ -190,16 +189,13 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         compute_only = arch in COMPUTE_ONLY_ARCHS
         stage(f"PT2E int8 through litert-torch: calibration on {len(calib)} patches, then the int8 graph")
         quantizer = PT2EInt8(module, example, calib.patches, options.nhwc, compute_only)
-        keep_float = KeepFloat(quantizer.node_groups(),
-                               lambda nodes: measure_psnr(quantizer.batch_fn(nodes), val, tile, arch).psnr_y,
-                               lambda nodes: 1.0 - quantizer.int8_macs(nodes)["int8_fraction"])
+        keep_float = quantizer.keep_float(val, tile, arch)
         scope = "Conv/Linear only (every other op in float)" if compute_only else "every op litert-torch annotates"
         section["method"] = (f"PT2E (litert-torch PT2EQuantizer), {scope}: symmetric per-channel int8 "
                              "weights, int8 activations calibrated with histogram observers")
         if compute_only:
             section["compute_only_reason"] = COMPUTE_ONLY_REASON
-        section["search_measured_with"] = ("the PT2E simulation in PyTorch (quantize/dequantize in float); "
-                                           "the verdict is the written file on LiteRT")
+        section["search_measured_with"] = SEARCH_MEASURED_WITH
         chosen = keep_float.choose(options, float_quality.psnr_y if float_quality else None, section, stage)
         stage("converting the int8 graph with litert-torch")
         _write_int8(quantizer, destination, keep_float.nodes_of(chosen))
