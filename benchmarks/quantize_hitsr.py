@@ -33,7 +33,8 @@ PT2E_NORM_INPUTS_ONE_CONV = ("Conv:first", "Linear:norm-input:correlation", "con
 PLAN = {
     "onnx": [("fp32", {}, ""), ("fp16", {}, ""), ("w8", {}, ""), ("int8", {}, ""),
              ("int8", {"keep_float": NORM_INPUTS}, " (norm inputs in float)"),
-             ("int8", {"max_psnr_drop": 0.1}, " (budget 0.1 dB)")],
+             ("int8", {"max_psnr_drop": 0.1}, " (budget 0.1 dB)"),
+             ("int8", {"max_psnr_drop": 0.1, "calib_method": "entropy"}, " (entropy ranges, budget 0.1 dB)")],
     "tflite": [("fp32", {}, ""), ("fp16", {}, ""), ("int8", {}, ""),
                ("int8", {"keep_float": PT2E_NORM_INPUTS}, " (norm inputs in float)"),
                ("int8", {"keep_float": PT2E_NORM_INPUTS_ONE_CONV}, " (norm inputs but one Conv in float)"),
@@ -151,6 +152,8 @@ def _note(target: str, q: dict) -> str | None:
         kinds = ", ".join(f"{name} {count}" for name, count in list(ops["float"].items())[:6])
         parts.append(f"int8 compute ops: {int8 or 'none'}; float islands: {islands} ops ({kinds}, ...), "
                      f"{sum(ops['transitions'].values())} QUANTIZE/DEQUANTIZE")
+    if q.get("macs"):
+        parts.append(f"{q['macs']['int8_fraction']:.0%} of the Conv/Linear/MatMul MACs in int8")
     own = _target_note(target, q)
     return "; ".join(parts + ([own] if own else [])) or None
 
