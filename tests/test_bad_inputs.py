@@ -226,7 +226,10 @@ def _interrupt_when(argv: list[str], started, sig: int) -> str:
     """Runs the CLI with ``argv``, sends ``sig`` once ``started()`` holds; returns stderr
     after checking the exit code (130) and the one-line message."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-c", "from edgesr.cli import app; app()", *argv],
+    # A test run started in the background (``make test &``, nohup) ignores SIGINT, and
+    # its children inherit that; the CLI gets Python's own handler back, as from a terminal.
+    cli = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from edgesr.cli import app; app()"
+    process = subprocess.Popen([sys.executable, "-c", cli, *argv],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None and not started():
