@@ -155,12 +155,11 @@ class KeepFloat:
     """One target's quantizable nodes in groups, and the measure of a choice of float groups.
 
     ``measure_nodes(nodes kept in float) -> PSNR-Y``; ``float_share(nodes kept in float)``:
-    the fraction of the network's compute left in float (default: those nodes' share of
-    the grouped nodes)."""
+    the fraction of the network's compute left in float (ONNX counts nodes, PT2E MACs)."""
 
     groups: Mapping[str, Sequence[str]]
     measure_nodes: Callable[[Sequence[str]], float]
-    float_share: Callable[[Sequence[str]], float] | None = None
+    float_share: Callable[[Sequence[str]], float]
 
     def nodes_of(self, names: Sequence[str]) -> list[str]:
         return [node for name in names for node in self.groups.get(name, [name])]
@@ -169,11 +168,7 @@ class KeepFloat:
         return self.measure_nodes(self.nodes_of(names))
 
     def weight(self, names: Sequence[str]) -> float:
-        nodes = self.nodes_of(names)
-        if self.float_share is not None:
-            return self.float_share(nodes)
-        grouped = {n for v in self.groups.values() for n in v}
-        return len(grouped & set(nodes)) / max(1, len(grouped))
+        return self.float_share(self.nodes_of(names))
 
     def choose(self, options, float_psnr: float | None, section: dict[str, Any],
                stage: Stage | None = None) -> list[str]:

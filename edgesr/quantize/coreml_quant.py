@@ -110,16 +110,13 @@ def export_quantized(target, module, example, options, destination: Path, work: 
             raise EdgeSRError("--image-io with --precision int8 is not supported for coreml yet")
         import torch
 
-        from edgesr.quantize.pt2e import PT2EInt8, SEARCH_MEASURED_WITH
+        from edgesr.quantize.pt2e import PT2EInt8
 
         stage(f"PT2E int8 calibration in PyTorch ({len(calib)} patches) for CoreML W8A8")
         quantizer = PT2EInt8(module, example, calib.patches, nhwc=False, compute_only=False)
-        keep_float = quantizer.keep_float(val, tuple(options.input_size), arch)
-        section["search_measured_with"] = SEARCH_MEASURED_WITH
-        chosen = keep_float.choose(options, float_quality.psnr_y if float_quality else None, section, stage)
-        section["macs"] = quantizer.int8_macs(keep_float.nodes_of(chosen))
+        kept = quantizer.choose(options, val, float_quality.psnr_y if float_quality else None, arch, section, stage)
         try:
-            quantized = _constants_dequantized(quantizer.converted(keep_float.nodes_of(chosen), fold_quantize=True))
+            quantized = _constants_dequantized(quantizer.converted(kept, fold_quantize=True))
             program = torch.export.export(quantized, (example,)).run_decompositions({})
         except Exception as exc:
             raise EdgeSRError(f"CoreML int8: export of the PT2E graph failed: {first_line(exc)}") from exc

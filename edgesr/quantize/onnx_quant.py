@@ -316,13 +316,12 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         quantizer = OnnxQuantizer(float_path, work, calib, options.calib_method, op_types=COMPUTE_OPS,
                                   reduce_range=options.reduce_range)
         section["preprocessing"] = quantizer.pre_note
-        counter = iter(range(10**6))
+        candidate, last_measured = work / "candidate.onnx", []
 
         def measure(nodes):
-            path = quantizer.quantize(work / f"candidate-{next(counter)}.onnx", nodes)
-            value = psnr_of(path).psnr_y
-            path.unlink(missing_ok=True)
-            return value
+            quantizer.quantize(candidate, nodes)
+            last_measured[:] = nodes
+            return psnr_of(candidate).psnr_y
 
         compute = quantizer.compute_nodes()
         keep_float = KeepFloat(quantizer.node_groups(), measure,
@@ -330,8 +329,12 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         weights = "7-bit (--reduce-range)" if options.reduce_range else "int8"
         section["method"] = (f"onnxruntime quantize_static, QDQ, {'/'.join(COMPUTE_OPS)} only, per-channel "
                              f"symmetric {weights} weights, uint8 asymmetric activations (U8S8)")
-        chosen = keep_float.choose(options, float_quality.psnr_y if float_quality else None, section, stage)
-        quantizer.quantize(destination, keep_float.nodes_of(chosen))
+        chosen = keep_float.nodes_of(keep_float.choose(options, float_quality.psnr_y if float_quality else None,
+                                                       section, stage))
+        if candidate.exists() and last_measured == chosen:  # plain int8, or the search's last step
+            candidate.replace(destination)
+        else:
+            quantizer.quantize(destination, chosen)
     else:
         shutil.copyfile(float_path, destination)
     quality = psnr_of(destination)

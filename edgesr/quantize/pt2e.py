@@ -178,7 +178,8 @@ class PT2EInt8:
         nodes = [n for n in self.captured.graph.nodes if _compute_kind(n)]
         convs = [n.name for n in nodes if _compute_kind(n) == "Conv"]
         special = {convs[0]: "Conv:first", convs[-1]: "Conv:last"} if len(convs) >= 3 else {}
-        feeding = {n.name: f"{_compute_kind(n)}:norm-input" for n in nodes if n.name not in special and _feeds_a_norm(n)}
+        feeding = {n.name: f"{_compute_kind(n)}:norm-input" for n in nodes
+                   if n.name not in special and _feeds_a_norm(n)}
         callers = {}
         for node in nodes:
             if node.name in feeding:
@@ -205,15 +206,21 @@ class PT2EInt8:
         return {"int8_gmac": round(int8 / 1e9, 3), "float_gmac": round(float_ / 1e9, 3),
                 "int8_fraction": round(int8 / max(1, int8 + float_), 4)}
 
-    def keep_float(self, val, tile: tuple[int, int], arch: str):
-        """The budget search's view of this graph (``budget.KeepFloat``): its groups, the
-        simulation's PSNR-Y on ``val`` and the MAC share left in float."""
+    def choose(self, options, val, float_psnr: float | None, arch: str, section: dict, stage) -> list[str]:
+        """The compute nodes to keep in float: ``budget.KeepFloat.choose`` on this graph
+        (its groups, the simulation's PSNR-Y on ``val``, the MAC share left in float), with
+        the chosen graph's int8 MAC share in ``section["macs"]``."""
         from edgesr.quantize.budget import KeepFloat
         from edgesr.quantize.quality import measure_psnr
 
-        return KeepFloat(self.node_groups(),
-                         lambda nodes: measure_psnr(self.batch_fn(nodes), val, tile, arch).psnr_y,
-                         lambda nodes: 1.0 - self.int8_macs(nodes)["int8_fraction"])
+        tile = tuple(options.input_size)
+        keep_float = KeepFloat(self.node_groups(),
+                               lambda nodes: measure_psnr(self.batch_fn(nodes), val, tile, arch).psnr_y,
+                               lambda nodes: 1.0 - self.int8_macs(nodes)["int8_fraction"])
+        section["search_measured_with"] = SEARCH_MEASURED_WITH
+        nodes = keep_float.nodes_of(keep_float.choose(options, float_psnr, section, stage))
+        section["macs"] = self.int8_macs(nodes)
+        return nodes
 
     def converted(self, keep_float=(), fold_quantize: bool = False):
         """The PT2E int8 module (quantize/dequantize nodes, float ops) with the nodes in

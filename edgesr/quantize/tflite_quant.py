@@ -27,7 +27,7 @@ import numpy as np
 
 from edgesr.errors import EdgeSRError
 from edgesr.export.base import first_line
-from edgesr.quantize.pt2e import COMPUTE_ONLY_ARCHS, COMPUTE_ONLY_REASON, PT2EInt8, SEARCH_MEASURED_WITH
+from edgesr.quantize.pt2e import COMPUTE_ONLY_ARCHS, COMPUTE_ONLY_REASON, PT2EInt8
 
 IO_SCALE = 1.0 / 255.0
 EXACT_GATE = ("LiteRT with XNNPACK: its int8 kernels accumulate in int32 on every CPU (no saturating "
@@ -189,17 +189,14 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         compute_only = arch in COMPUTE_ONLY_ARCHS
         stage(f"PT2E int8 through litert-torch: calibration on {len(calib)} patches, then the int8 graph")
         quantizer = PT2EInt8(module, example, calib.patches, options.nhwc, compute_only)
-        keep_float = quantizer.keep_float(val, tile, arch)
         scope = "Conv/Linear only (every other op in float)" if compute_only else "every op litert-torch annotates"
         section["method"] = (f"PT2E (litert-torch PT2EQuantizer), {scope}: symmetric per-channel int8 "
                              "weights, int8 activations calibrated with histogram observers")
         if compute_only:
             section["compute_only_reason"] = COMPUTE_ONLY_REASON
-        section["search_measured_with"] = SEARCH_MEASURED_WITH
-        chosen = keep_float.choose(options, float_quality.psnr_y if float_quality else None, section, stage)
+        kept = quantizer.choose(options, val, float_quality.psnr_y if float_quality else None, arch, section, stage)
         stage("converting the int8 graph with litert-torch")
-        _write_int8(quantizer, destination, keep_float.nodes_of(chosen))
-        section["macs"] = quantizer.int8_macs(keep_float.nodes_of(chosen))
+        _write_int8(quantizer, destination, kept)
         if calib.to_dict() and options.calib_method != "minmax":
             section["calibration_method_note"] = ("PT2E uses litert-torch's histogram observers; "
                                                   f"--calib-method {options.calib_method} applies to onnx")
