@@ -65,6 +65,7 @@ def test_onnx_int8_measured_against_float(data, tmp_path):
     assert {p.key: p.value for p in model.metadata_props}["edgesr.precision"] == "int8"
     saved = json.loads(open(report.report).read())
     assert saved["quantization"]["kept_float"]["groups"] == []
+    assert q["macs"]["int8_fraction"] == 1.0 and q["macs"]["float_gmac"] == 0
 
 
 def _int8_weight_peak(path) -> int:
@@ -159,6 +160,33 @@ def test_search_keeps_the_costliest_groups():
     assert tight.met and "most of the network in float" in tight.verdict
 
 
+def test_search_orders_by_cost_per_share_and_gives_back_what_is_not_needed():
+    """HiTNet's ONNX sensitivity: a 138-node Conv group costs 0.042 dB alone, the last Conv
+    0.035. Ordered by cost alone, the search kept the whole Conv group in float (most of
+    the MACs) where the one last Conv was enough; per share, it keeps the small one.
+    A group added first for its cost per share goes back to int8 when a later one makes
+    it unneeded."""
+    from edgesr.quantize.budget import search
+
+    sizes = {"Conv": 138, "Conv:last": 1, "Proj": 24, "MatMul": 120}
+    costs = {"Conv": 0.042, "Conv:last": 0.035, "Proj": 1.0, "MatMul": 0.025}
+
+    def additive(costs):
+        return lambda kept: 30.0 - sum(cost for name, cost in costs.items() if name not in kept)
+
+    groups = {name: [f"{name}{i}" for i in range(n)] for name, n in sizes.items()}
+    measure = additive(costs)
+    result = search(groups, measure, float_psnr=30.0, plain_psnr=measure([]), budget_db=0.1)
+    assert result.met and sorted(result.kept_float) == ["Conv:last", "Proj"]
+    assert result.final_delta_db == pytest.approx(-0.067)
+
+    groups = {"A": ["a0"], "B": [f"b{i}" for i in range(10)]}
+    measure = additive({"A": 0.3, "B": 2.0})  # per node: A 0.3, B 0.2 -> A first
+    result = search(groups, measure, float_psnr=30.0, plain_psnr=measure([]), budget_db=0.35)
+    assert [step["kept_float"] for step in result.steps] == [["A"], ["A", "B"], ["B"]]
+    assert result.met and result.kept_float == ["B"] and result.final_delta_db == pytest.approx(-0.3)
+
+
 def test_search_gives_the_cheap_nodes_of_small_kept_groups_back_to_int8():
     """One node can carry a kept group's whole cost (HiTNet's Conv:norm-input: 0.25 and
     0.004 dB): once the budget holds, small groups are tried node by node; larger ones
@@ -200,6 +228,7 @@ def test_a_missed_budget_writes_no_artifact_but_reports_what_was_measured(data, 
     measured = export(resolve_model("srconvnet-x4-demo"), "onnx", out_dir=tmp_path / "measured", **settings)
     loss = -measured.quantization["delta_db"]
     assert loss > 0
+    assert 0 < measured.quantization["macs"]["float_gmac"] and measured.quantization["macs"]["int8_fraction"] < 1
     out = tmp_path / "out"
     with pytest.raises(EdgeSRError, match=r"int8 costs \d\.\d+ dB") as caught:
         export(resolve_model("srconvnet-x4-demo"), "onnx", out_dir=out, max_psnr_drop=loss / 2, **settings)
@@ -374,6 +403,11 @@ def test_layers_feeding_a_norm_are_a_group_and_the_search_keeps_them(data, tmp_p
     by_weight = {group: sorted(weights[n].split(".")[0] for n in nodes) for group, nodes in groups.items()}
     assert by_weight == {"Conv:first": ["head"], "Conv:norm-input": ["to_channel_norm", "to_layer_norm"],
                          "Conv": ["plain"], "Conv:last": ["tail"]}
+    # MACs from the inferred shapes: output pixels x output channels x (C_in * kH * kW)
+    pixels = SIZE[0] * SIZE[1]
+    macs = {weights[n].split(".")[0]: count for n, count in quantizer.node_macs().items()}
+    assert macs == {"head": pixels * 8 * 27, "to_layer_norm": pixels * 64, "to_channel_norm": pixels * 64,
+                    "plain": pixels * 64, "tail": pixels * 72}
 
     # A random residual is far from any real HR image, so the float model would score
     # badly and the quantization noise would hide in its error: the HR images here are

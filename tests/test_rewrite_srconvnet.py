@@ -269,6 +269,51 @@ def test_exported_onnx_has_no_dft_and_constant_conv_weights(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Last upsampling stage and tail per sub-pixel phase
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_subpixel_tail_matches_the_shuffled_tail(scale: int) -> None:
+    from edgesr.rewrite.subpixel import SubPixelUpsampling, subpixel_tail
+
+    model = _small_model(scale).eval()
+    before = copy.deepcopy(model.state_dict())
+    rewritten = subpixel_tail(model)
+    tails = [m for m in rewritten.modules() if isinstance(m, SubPixelUpsampling)]
+    assert len(tails) == 1 and len(tails[0].pads) == (2 if scale == 4 else scale) ** 2
+    for batch, height, width in SIZES + [(1, 1, 1), (1, 13, 11)]:
+        assert _max_error(rewritten, model, _input(batch, height, width)) <= TOLERANCE
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # pure
+    assert not any(isinstance(m, SubPixelUpsampling) for m in model.modules())
+    rewritten.load_state_dict(model.state_dict(), strict=True)  # the official keys
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite", "coreml"])
+def test_every_srconvnet_export_gets_the_subpixel_tail(model: nn.Module, target: str) -> None:
+    for size in ((24, 32), None):
+        names = [entry["name"] for entry in prepare_for_export(model, target, size).edgesr_rewrites]
+        assert names.count("subpixel_tail") == 1, (size, names)
+
+
+def test_exported_x4_has_no_full_size_feature_map(tmp_path) -> None:
+    """The reason for the form: at x4 no tensor of the file has the features' C channels at
+    the output size (the shuffled 4C map was the largest tensor of the model)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    model = _small_model(4, num_blocks=1)
+    path = tmp_path / "x4.onnx"
+    x = _input(1, 10, 12)
+    torch.onnx.export(prepare_for_export(model, "onnx", (10, 12)), (x,), str(path), dynamo=True, verbose=False)
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(path))).graph
+    shapes = [[d.dim_value for d in v.type.tensor_type.shape.dim] for v in (*graph.value_info, *graph.output)]
+    full_size = [s for s in shapes if len(s) == 4 and s[2:] == [40, 48]]
+    assert full_size and all(s[1] == 3 for s in full_size), full_size
+    biggest = max(s[1] * s[2] * s[3] for s in shapes if len(s) == 4)
+    assert biggest < SMALL["dim"] * 40 * 48
+
+
+# --------------------------------------------------------------------------------------
 # Channel LayerNorm in float16 range
 # --------------------------------------------------------------------------------------
 

@@ -6,7 +6,8 @@
   on macOS, so calibration happens on the PyTorch side: PT2E (``edgesr.quantize.pt2e``,
   litert-torch's symmetric per-channel int8 quantizer) observes the calibration
   patches, and the quantize/dequantize graph is converted by coremltools into an ML
-  Program with int8 weights and quantized activations. ``--keep-float`` and the
+  Program with int8 weights and quantized activations; for HiT-SR only its Conv/Linear
+  (``COMPUTE_ONLY_ARCHS``, as for TFLite). ``--keep-float`` and the
   ``--max-psnr-drop`` search choose compute nodes to leave in float, as for ONNX and
   TFLite. (coremltools' own CoreMLQuantizer does not import with this PyTorch.)
 - fp16: the target's own conversion.
@@ -110,10 +111,13 @@ def export_quantized(target, module, example, options, destination: Path, work: 
             raise EdgeSRError("--image-io with --precision int8 is not supported for coreml yet")
         import torch
 
-        from edgesr.quantize.pt2e import PT2EInt8
+        from edgesr.quantize.pt2e import COMPUTE_ONLY_ARCHS, COMPUTE_ONLY_REASON, PT2EInt8
 
         stage(f"PT2E int8 calibration in PyTorch ({len(calib)} patches) for CoreML W8A8")
-        quantizer = PT2EInt8(module, example, calib.patches, nhwc=False, compute_only=False)
+        compute_only = arch in COMPUTE_ONLY_ARCHS
+        quantizer = PT2EInt8(module, example, calib.patches, nhwc=False, compute_only=compute_only)
+        if compute_only:
+            section["compute_only_reason"] = COMPUTE_ONLY_REASON
         kept = quantizer.choose(options, val, float_quality.psnr_y if float_quality else None, arch, section, stage)
         try:
             quantized = _constants_dequantized(quantizer.converted(kept, fold_quantize=True))
@@ -126,7 +130,8 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         convert_options = replace(float_options(options), min_ios=max(options.min_ios or 17, 17))
         section["min_ios"] = convert_options.min_ios
         target.convert_program(program, convert_options, destination)
-        section["method"] = ("W8A8: PT2E in PyTorch (symmetric per-channel int8 weights, int8 "
+        scope = "Conv/Linear only, every other op in float" if compute_only else "every op litert-torch annotates"
+        section["method"] = (f"W8A8: PT2E in PyTorch ({scope}; symmetric per-channel int8 weights, int8 "
                              "activations calibrated on Linux), converted by coremltools")
     else:
         target.convert(module, example, options, destination)

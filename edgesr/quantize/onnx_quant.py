@@ -20,6 +20,7 @@ stay float32 (smaller file, float compute).
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -104,8 +105,28 @@ class OnnxQuantizer:
             groups.setdefault(group, []).append(node.name)
         return groups
 
-    def compute_nodes(self) -> set[str]:
-        return {n.name for n in self.model.graph.node if n.op_type in COMPUTE_OPS}
+    def node_macs(self) -> dict[str, int]:
+        """Multiply-accumulates of each compute node (``COMPUTE_OPS``), from the shapes
+        that the pre-processing inferred (0 where a shape is unknown, e.g. --dynamic)."""
+        graph = self.model.graph
+        shapes = {info.name: [dim.dim_value for dim in info.type.tensor_type.shape.dim]
+                  for info in (*graph.value_info, *graph.input, *graph.output)}
+        shapes.update({tensor.name: list(tensor.dims) for tensor in graph.initializer})
+        macs = {}
+        for node in graph.node:
+            if node.op_type not in COMPUTE_OPS:
+                continue
+            data, weight, output = (shapes.get(name) for name in (node.input[0], node.input[1], node.output[0]))
+            if not (data and weight and output) or 0 in (*data, *weight, *output):
+                macs[node.name] = 0
+            elif node.op_type == "Conv":  # each output takes (C_in / groups) * kH * kW
+                macs[node.name] = math.prod(output) * math.prod(weight[1:])
+            elif node.op_type == "ConvTranspose":  # each input feeds (C_out / groups) * kH * kW
+                macs[node.name] = math.prod(data) * math.prod(weight[1:])
+            else:  # MatMul, Gemm: the reduced axis is the first input's last (first if transA)
+                transposed = any(a.name == "transA" and a.i for a in node.attribute)
+                macs[node.name] = math.prod(output) * (data[0] if transposed else data[-1])
+        return macs
 
     def calibrate(self) -> None:
         """Activation ranges of every tensor over the calibration patches, into the cache
@@ -292,7 +313,7 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     import shutil
 
     from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
-    from edgesr.quantize.budget import KeepFloat
+    from edgesr.quantize.budget import KeepFloat, mac_share
     from edgesr.quantize.quality import latency_ms, measure_psnr
 
     float_path = work / "float.onnx"
@@ -323,14 +344,15 @@ def export_quantized(target, module, example, options, destination: Path, work: 
             last_measured[:] = nodes
             return psnr_of(candidate).psnr_y
 
-        compute = quantizer.compute_nodes()
+        macs = quantizer.node_macs()
         keep_float = KeepFloat(quantizer.node_groups(), measure,
-                               lambda nodes: len(compute & set(nodes)) / max(1, len(compute)))
+                               lambda nodes: 1.0 - mac_share(macs, nodes)["int8_fraction"])
         weights = "7-bit (--reduce-range)" if options.reduce_range else "int8"
         section["method"] = (f"onnxruntime quantize_static, QDQ, {'/'.join(COMPUTE_OPS)} only, per-channel "
                              f"symmetric {weights} weights, uint8 asymmetric activations (U8S8)")
         chosen = keep_float.nodes_of(keep_float.choose(options, float_quality.psnr_y if float_quality else None,
                                                        section, stage))
+        section["macs"] = mac_share(macs, chosen)
         if candidate.exists() and last_measured == chosen:  # plain int8, or the search's last step
             candidate.replace(destination)
         else:

@@ -14,14 +14,15 @@ import numpy as np
 from edgesr.errors import EdgeSRError
 from edgesr.export.base import first_line
 
-# HiT-SR converts to int8 only with its compute ops alone in int8: the range scaling
-# divides by per-window peaks floored at 2**-10, which round to the zero point at int8
-# scales (LiteRT's int8 DIV refuses them), and the bias anchor's one-element reshape
-# breaks the converter's same-scale rule. Every other op then runs in float.
+# HiT-SR is int8 in its compute ops alone: the range scaling divides by per-window peaks
+# floored at 2**-10, which round to the int8 zero point at int8 scales (LiteRT's int8 DIV
+# refuses them; the CoreML program that quantizes every op loses 2.5 dB on HiTNet, 0.8 dB
+# even with the norm-input layers in float), and the bias anchor's one-element reshape
+# breaks litert-torch's same-scale rule. Every other op runs in float, on both targets.
 COMPUTE_ONLY_ARCHS = ("hit-sir", "hit-sng", "hit-srf")
 COMPUTE_ONLY_REASON = ("HiT-SR: the range scaling's divisors round to the int8 zero point (LiteRT's int8 DIV "
-                       "refuses them) and the bias anchor's reshape breaks the converter's same-scale rule, "
-                       "so only Conv/Linear are int8")
+                       "refuses them, a CoreML program with every op in int8 loses 2.5 dB on HiTNet) and the "
+                       "bias anchor's reshape breaks litert-torch's same-scale rule, so only Conv/Linear are int8")
 SEARCH_MEASURED_WITH = ("the PT2E simulation in PyTorch (quantize/dequantize in float); the verdict is "
                         "the written file in its runtime")
 # litert-torch's PT2E annotators of the compute ops (Conv, Linear and its addmm form).
@@ -196,15 +197,11 @@ class PT2EInt8:
         """The share of the graph's Conv/Linear/MatMul multiply-accumulates done in int8
         with ``keep_float`` in float (the quantizer leaves activation-by-activation
         MatMuls in float)."""
-        kept = set(keep_float)
-        int8 = float_ = 0
-        for node in self.captured.graph.nodes:
-            if _compute_kind(node) and node.name not in kept:
-                int8 += _macs(node)
-            elif _compute_kind(node) or _is_matmul(node):
-                float_ += _macs(node)
-        return {"int8_gmac": round(int8 / 1e9, 3), "float_gmac": round(float_ / 1e9, 3),
-                "int8_fraction": round(int8 / max(1, int8 + float_), 4)}
+        from edgesr.quantize.budget import mac_share
+
+        nodes = [n for n in self.captured.graph.nodes if _compute_kind(n) or _is_matmul(n)]
+        return mac_share({n.name: _macs(n) for n in nodes},
+                         [*keep_float, *(n.name for n in nodes if _is_matmul(n))])
 
     def choose(self, options, val, float_psnr: float | None, arch: str, section: dict, stage) -> list[str]:
         """The compute nodes to keep in float: ``budget.KeepFloat.choose`` on this graph

@@ -12,7 +12,8 @@ from edgesr.models.descriptor import attach, describe
 
 TARGETS = ("onnx", "tflite", "coreml")
 # Modules whose import registers rewrites; imported on first use.
-REWRITE_MODULES: tuple[str, ...] = ("fourier", "dynamic_conv", "norm_range", "hit_windows", "delegate_ops")
+REWRITE_MODULES: tuple[str, ...] = ("fourier", "dynamic_conv", "norm_range", "hit_windows", "subpixel",
+                                     "delegate_ops")
 
 
 @dataclass(frozen=True)
