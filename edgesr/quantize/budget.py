@@ -96,8 +96,7 @@ def search(groups: Mapping[str, Sequence[str]], measure: Measure, float_psnr: fl
         else:
             stage(f"budget: keeping {', '.join(kept)} in float")
             value = measure(list(kept))
-        result.steps.append({"kept_float": list(kept), "psnr_y": round(value, 4),
-                             "delta_db": round(value - float_psnr, 4)})
+        _record(result, kept, value)
         if float_psnr - value <= budget_db:
             result.met = True
             result.kept_float, result.final_psnr_y = list(kept), value
@@ -116,6 +115,11 @@ def search(groups: Mapping[str, Sequence[str]], measure: Measure, float_psnr: fl
         result.verdict = (f"kept {', '.join(result.kept_float)} in float "
                           f"({result.float_fraction:.0%} of the compute) to meet {budget_db:g} dB")
     return result
+
+
+def _record(result: BudgetResult, kept: Sequence[str], value: float) -> None:
+    result.steps.append({"kept_float": list(kept), "psnr_y": round(value, 4),
+                         "delta_db": round(value - result.float_psnr_y, 4)})
 
 
 def _order(costs: Sequence[GroupCost], weight: Callable[[Sequence[str]], float]) -> list[str]:
@@ -141,8 +145,7 @@ def _prune(result: BudgetResult, measure: Measure, weight: Callable[[Sequence[st
         trial = [name for name in kept if name != group]
         stage(f"budget: {group} back in int8")
         value = measure(trial)
-        result.steps.append({"kept_float": list(trial), "psnr_y": round(value, 4),
-                             "delta_db": round(value - result.float_psnr_y, 4)})
+        _record(result, trial, value)
         if result.float_psnr_y - value <= result.budget_db:
             kept, result.final_psnr_y = trial, value
     result.kept_float = kept
@@ -164,8 +167,7 @@ def _refine(result: BudgetResult, groups: Mapping[str, Sequence[str]], measure: 
             trial = [name for name in remaining if name != node]
             stage(f"budget: {node} ({group}) back in int8")
             value = measure(others + trial)
-            result.steps.append({"kept_float": others + trial, "psnr_y": round(value, 4),
-                                 "delta_db": round(value - result.float_psnr_y, 4)})
+            _record(result, others + trial, value)
             if result.float_psnr_y - value <= result.budget_db:
                 remaining, result.final_psnr_y = trial, value
         kept = others + ([group] if remaining == members else remaining)
@@ -196,12 +198,17 @@ def resolve_keep_float(names: Sequence[str], groups: Mapping[str, Sequence[str]]
 class KeepFloat:
     """One target's quantizable nodes in groups, and the measure of a choice of float groups.
 
-    ``measure_nodes(nodes kept in float) -> PSNR-Y``; ``float_share(nodes kept in float)``:
-    the fraction of the network's Conv/Linear/MatMul MACs left in float."""
+    ``measure_nodes(nodes kept in float) -> PSNR-Y``; ``macs``: the multiply-accumulates
+    of every Conv/Linear/MatMul node, which weigh the share of the network left in float;
+    ``always_float``: those of them no choice makes int8 (PT2E's activation MatMuls)."""
 
     groups: Mapping[str, Sequence[str]]
     measure_nodes: Callable[[Sequence[str]], float]
-    float_share: Callable[[Sequence[str]], float]
+    macs: Mapping[str, int]
+    always_float: Sequence[str] = ()
+
+    def mac_share(self, nodes: Sequence[str]) -> dict[str, float]:
+        return mac_share(self.macs, [*self.always_float, *nodes])
 
     def nodes_of(self, names: Sequence[str]) -> list[str]:
         return [node for name in names for node in self.groups.get(name, [name])]
@@ -210,7 +217,7 @@ class KeepFloat:
         return self.measure_nodes(self.nodes_of(names))
 
     def weight(self, names: Sequence[str]) -> float:
-        return self.float_share(self.nodes_of(names))
+        return 1.0 - self.mac_share(self.nodes_of(names))["int8_fraction"]
 
     def choose(self, options, float_psnr: float | None, section: dict[str, Any],
                stage: Stage | None = None) -> list[str]:
@@ -227,6 +234,7 @@ class KeepFloat:
             section["budget"] = result.to_dict()
             chosen = list(result.kept_float) if result.met else []
         section["plain_int8"] = None if plain is None else {"psnr_y": round(plain, 4)}
+        section["macs"] = self.mac_share(self.nodes_of(chosen))
         section["kept_float"] = {"groups": chosen, "nodes": self.nodes_of(chosen),
                                  "replay": f"--keep-float {','.join(chosen)}" if chosen else ""}
         return chosen

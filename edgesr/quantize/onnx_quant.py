@@ -313,7 +313,7 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     import shutil
 
     from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
-    from edgesr.quantize.budget import KeepFloat, mac_share
+    from edgesr.quantize.budget import KeepFloat
     from edgesr.quantize.quality import latency_ms, measure_psnr
 
     float_path = work / "float.onnx"
@@ -344,15 +344,12 @@ def export_quantized(target, module, example, options, destination: Path, work: 
             last_measured[:] = nodes
             return psnr_of(candidate).psnr_y
 
-        macs = quantizer.node_macs()
-        keep_float = KeepFloat(quantizer.node_groups(), measure,
-                               lambda nodes: 1.0 - mac_share(macs, nodes)["int8_fraction"])
+        keep_float = KeepFloat(quantizer.node_groups(), measure, quantizer.node_macs())
         weights = "7-bit (--reduce-range)" if options.reduce_range else "int8"
         section["method"] = (f"onnxruntime quantize_static, QDQ, {'/'.join(COMPUTE_OPS)} only, per-channel "
                              f"symmetric {weights} weights, uint8 asymmetric activations (U8S8)")
         chosen = keep_float.nodes_of(keep_float.choose(options, float_quality.psnr_y if float_quality else None,
                                                        section, stage))
-        section["macs"] = mac_share(macs, chosen)
         if candidate.exists() and last_measured == chosen:  # plain int8, or the search's last step
             candidate.replace(destination)
         else:

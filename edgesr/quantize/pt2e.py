@@ -193,31 +193,20 @@ class PT2EInt8:
             groups.setdefault(group, []).append(node.name)
         return groups
 
-    def int8_macs(self, keep_float=()) -> dict:
-        """The share of the graph's Conv/Linear/MatMul multiply-accumulates done in int8
-        with ``keep_float`` in float (the quantizer leaves activation-by-activation
-        MatMuls in float)."""
-        from edgesr.quantize.budget import mac_share
-
-        nodes = [n for n in self.captured.graph.nodes if _compute_kind(n) or _is_matmul(n)]
-        return mac_share({n.name: _macs(n) for n in nodes},
-                         [*keep_float, *(n.name for n in nodes if _is_matmul(n))])
-
     def choose(self, options, val, float_psnr: float | None, arch: str, section: dict, stage) -> list[str]:
         """The compute nodes to keep in float: ``budget.KeepFloat.choose`` on this graph
-        (its groups, the simulation's PSNR-Y on ``val``, the MAC share left in float), with
-        the chosen graph's int8 MAC share in ``section["macs"]``."""
+        (its groups, the simulation's PSNR-Y on ``val``, the Conv/Linear/MatMul MACs, of
+        which the quantizer leaves the activation-by-activation MatMuls in float)."""
         from edgesr.quantize.budget import KeepFloat
         from edgesr.quantize.quality import measure_psnr
 
         tile = tuple(options.input_size)
+        nodes = [n for n in self.captured.graph.nodes if _compute_kind(n) or _is_matmul(n)]
         keep_float = KeepFloat(self.node_groups(),
-                               lambda nodes: measure_psnr(self.batch_fn(nodes), val, tile, arch).psnr_y,
-                               lambda nodes: 1.0 - self.int8_macs(nodes)["int8_fraction"])
+                               lambda kept: measure_psnr(self.batch_fn(kept), val, tile, arch).psnr_y,
+                               {n.name: _macs(n) for n in nodes}, [n.name for n in nodes if _is_matmul(n)])
         section["search_measured_with"] = SEARCH_MEASURED_WITH
-        nodes = keep_float.nodes_of(keep_float.choose(options, float_psnr, section, stage))
-        section["macs"] = self.int8_macs(nodes)
-        return nodes
+        return keep_float.nodes_of(keep_float.choose(options, float_psnr, section, stage))
 
     def converted(self, keep_float=(), fold_quantize: bool = False):
         """The PT2E int8 module (quantize/dequantize nodes, float ops) with the nodes in

@@ -113,7 +113,7 @@ class FoldedTail(nn.Module):
 
 
 def _last_stage(model: SRConvNet) -> tuple[nn.Conv2d, nn.PixelShuffle, nn.Module] | None:
-    if len(model.upsampling) < 3 or isinstance(model.upsampling, SubPixelUpsampling):
+    if len(model.upsampling) < 3:  # once rewritten, the tail is a FoldedTail: no match
         return None
     *_, expand, shuffle, act = model.upsampling
     tail = model.tail
@@ -140,10 +140,11 @@ def subpixel_tail(model: nn.Module) -> nn.Module:
 
 
 def _explain(model: nn.Module, context: ExportContext) -> str:
-    factor = _last_stage(_networks(model)[0])[1].upscale_factor
+    network = _networks(model)[0]
+    factor = _last_stage(network)[1].upscale_factor
     return (f"SRConvNet's last x{factor} upsampling stage and tail conv per sub-pixel phase at the "
             f"low resolution ({factor * factor} phase maps of C channels, one at a time, and one "
-            f"DepthToSpace of {3 * factor * factor} channels) instead of the {factor * factor}C-channel "
+            f"DepthToSpace of {network.tail.out_channels * factor * factor} channels) instead of the {factor * factor}C-channel "
             f"map and its full-size shuffle: the largest tensors of the model")
 
 
