@@ -14,6 +14,18 @@ Forward, for x of shape (B, C, H, W), Wr = W//2 + 1 (``rfft2(x, norm="ortho")``)
    ms, LiteRT 68-72 -> 93-99 ms. The one-stage W matmuls run at 68 GMAC/s in
    onnxruntime (half of the unit's time); the factored stages' small matrices (K=16;
    M=9, K=32 batched 1024 times) at 17-44, plus four plane transposes per unit.
+   A third form was measured on 2026-12-05 (exact, not kept): the strided W digit
+   contracted by a 1 x W1 conv dilated by W2 (no data movement), the groups k1 =
+   0..W1/2 (the rest by conjugate symmetry) through twiddled batched matmuls with the
+   groups as outer channels, the inverse ending in a dilated ConvTranspose (onnxruntime)
+   or a matmul and one transpose (LiteRT; its TRANSPOSE_CONV has no dilation). 7.8
+   instead of 21.1 M MACs per channel and transform at 256x256 (1.5 vs 2.9 at 128x128),
+   SRConvNet x4's exported GFLOP 1.29x / 1.24x PyTorch's instead of 1.76x / 1.43x; but
+   the whole model ran slower (one interleaved run each, 2 threads): onnxruntime 1245 ->
+   1505 ms at 256x256 and 297 -> 349 ms at 128x128, LiteRT 270 -> 388 ms at 128x128.
+   The groups' spectra are 8-16 columns wide, so every op after the W stage (the H
+   stages, the 1x1 conv, GELU, their layout changes) runs on narrow rows; one unit in
+   isolation had been within 5 % of the one-stage form.
 2. H axis (complex), H = H1 * H2 (h = H2*h1 + h2, frequency k = k1 + H1*k2), Cooley-Tukey:
 
        X[k1 + H1*k2] = sum_h2 exp(-2 pi i (k1 + H1*k2) h2 / H) * sum_h1 exp(-2 pi i h1 k1 / H1) x[H2*h1 + h2]
