@@ -111,13 +111,11 @@ def export_quantized(target, module, example, options, destination: Path, work: 
             raise EdgeSRError("--image-io with --precision int8 is not supported for coreml yet")
         import torch
 
-        from edgesr.quantize.pt2e import COMPUTE_ONLY_ARCHS, COMPUTE_ONLY_REASON, PT2EInt8
+        from edgesr.quantize.pt2e import PT2EInt8
 
         stage(f"PT2E int8 calibration in PyTorch ({len(calib)} patches) for CoreML W8A8")
-        compute_only = arch in COMPUTE_ONLY_ARCHS
-        quantizer = PT2EInt8(module, example, calib.patches, nhwc=False, compute_only=compute_only)
-        if compute_only:
-            section["compute_only_reason"] = COMPUTE_ONLY_REASON
+        quantizer = PT2EInt8(module, example, calib.patches, nhwc=False, arch=arch)
+        scope = quantizer.describe(section)
         kept = quantizer.choose(options, val, float_quality.psnr_y if float_quality else None, arch, section, stage)
         try:
             quantized = _constants_dequantized(quantizer.converted(kept, fold_quantize=True))
@@ -130,7 +128,6 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         convert_options = replace(float_options(options), min_ios=max(options.min_ios or 17, 17))
         section["min_ios"] = convert_options.min_ios
         target.convert_program(program, convert_options, destination)
-        scope = "Conv/Linear only, every other op in float" if compute_only else "every op litert-torch annotates"
         section["method"] = (f"W8A8: PT2E in PyTorch ({scope}; symmetric per-channel int8 weights, int8 "
                              "activations calibrated on Linux), converted by coremltools")
     else:

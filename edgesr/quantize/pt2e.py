@@ -124,14 +124,15 @@ class PT2EInt8:
 
     A choice re-annotates a fresh copy of the captured graph and takes each observer's
     statistics from the calibrated one (observers are keyed by the node they watch), so
-    the budget search measures candidates without calibrating again. ``compute_only``:
-    only Conv/Linear are annotated (``COMPUTE_ONLY_ARCHS``).
+    the budget search measures candidates without calibrating again. For the
+    architectures in ``COMPUTE_ONLY_ARCHS`` only Conv/Linear are annotated.
     """
 
-    def __init__(self, module, example, patches: np.ndarray, nhwc: bool, compute_only: bool):
+    def __init__(self, module, example, patches: np.ndarray, nhwc: bool, arch: str):
         import torch
 
-        self.example, self.patches, self.nhwc, self.compute_only = example, patches, nhwc, compute_only
+        self.example, self.patches, self.nhwc = example, patches, nhwc
+        self.compute_only = arch in COMPUTE_ONLY_ARCHS
         self._calibrated = None
         try:
             self.captured = torch.export.export(module, (example,)).module()
@@ -155,6 +156,14 @@ class PT2EInt8:
                 raise EdgeSRError(f"int8 (PT2E) calibration failed: {first_line(exc)}") from exc
             self._calibrated = prepared
         return self._calibrated
+
+    def describe(self, section: dict) -> str:
+        """Which ops are int8 (for the report's ``method``); records why in ``section``
+        when only the compute ops are."""
+        if not self.compute_only:
+            return "every op litert-torch annotates"
+        section["compute_only_reason"] = COMPUTE_ONLY_REASON
+        return "Conv/Linear only, every other op in float"
 
     def quantizer(self, keep_float=()):
         return _quantizer(self.compute_only, frozenset(keep_float))

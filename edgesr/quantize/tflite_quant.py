@@ -27,7 +27,7 @@ import numpy as np
 
 from edgesr.errors import EdgeSRError
 from edgesr.export.base import first_line
-from edgesr.quantize.pt2e import COMPUTE_ONLY_ARCHS, COMPUTE_ONLY_REASON, PT2EInt8
+from edgesr.quantize.pt2e import PT2EInt8
 
 IO_SCALE = 1.0 / 255.0
 EXACT_GATE = ("LiteRT with XNNPACK: its int8 kernels accumulate in int32 on every CPU (no saturating "
@@ -186,14 +186,10 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     float_path = work / "float.tflite"
     tile = tuple(options.input_size)
     if options.precision == "int8":
-        compute_only = arch in COMPUTE_ONLY_ARCHS
         stage(f"PT2E int8 through litert-torch: calibration on {len(calib)} patches, then the int8 graph")
-        quantizer = PT2EInt8(module, example, calib.patches, options.nhwc, compute_only)
-        scope = "Conv/Linear only (every other op in float)" if compute_only else "every op litert-torch annotates"
-        section["method"] = (f"PT2E (litert-torch PT2EQuantizer), {scope}: symmetric per-channel int8 "
-                             "weights, int8 activations calibrated with histogram observers")
-        if compute_only:
-            section["compute_only_reason"] = COMPUTE_ONLY_REASON
+        quantizer = PT2EInt8(module, example, calib.patches, options.nhwc, arch)
+        section["method"] = (f"PT2E (litert-torch PT2EQuantizer), {quantizer.describe(section)}: symmetric "
+                             "per-channel int8 weights, int8 activations calibrated with histogram observers")
         kept = quantizer.choose(options, val, float_quality.psnr_y if float_quality else None, arch, section, stage)
         stage("converting the int8 graph with litert-torch")
         _write_int8(quantizer, destination, kept)
