@@ -10,7 +10,7 @@ from torch import nn
 from edgesr.models.descriptor import ModelInfo, attach
 from edgesr.models.srconvnet import DynamicDepthwiseConv2d, FourierUnit, build
 from edgesr.rewrite import prepare_for_export
-from edgesr.rewrite.dynamic_conv import FORM_BY_TARGET, FORMS, dynamic_conv_static
+from edgesr.rewrite.dynamic_conv import FORM_BY_TARGET, FORMS, ShiftedSumDynamicConv, dynamic_conv_static
 from edgesr.rewrite.fourier import (
     AnySizeFourierUnit,
     DFTFourierUnit,
@@ -129,6 +129,22 @@ def test_fourier_rewrites_parity(model: nn.Module, batch: int, height: int, widt
 def test_dynamic_conv_forms_parity(model: nn.Module, form: str, batch: int, height: int, width: int) -> None:
     x = _input(batch, height, width)
     assert _max_error(dynamic_conv_static(model, form), model, x) <= TOLERANCE
+
+
+@pytest.mark.parametrize("batch,height,width", SIZES)
+@pytest.mark.parametrize("strip_bytes", [1, 2500, 9000])
+def test_shifted_sum_in_row_strips_matches_the_conv(batch: int, height: int, width: int, strip_bytes: int) -> None:
+    torch.manual_seed(height * width)
+    conv = DynamicDepthwiseConv2d(16, 5, 3).eval()
+    x = torch.randn(batch, 16, height, width) * 10
+    shifted = ShiftedSumDynamicConv(conv, strip_bytes=strip_bytes)
+    bounds = shifted.strip_bounds(x)
+    expected_strips = min(height, -(-4 * x.numel() // strip_bytes))
+    assert len(bounds) - 1 == expected_strips and bounds[0] == 0 and bounds[-1] == height
+    assert all(bottom > top for top, bottom in zip(bounds, bounds[1:]))
+    with torch.no_grad():
+        expected = conv(x)
+        assert (shifted(x) - expected).abs().max().item() <= 1e-5 * expected.abs().max().item()
 
 
 def test_dynamic_conv_parity_x4_batch_samples_differ() -> None:

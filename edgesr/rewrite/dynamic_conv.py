@@ -19,6 +19,8 @@ and every form below keeps the bank as a constant:
     (B, C, k*k) tensor; y = bias + sum over the k*k taps of kernel[:, :, tap] times
     the padded input shifted by the tap (Pad + k*k Slice/Mul/Add): k*k MACs per
     output, like the original conv, but as 3*k*k elementwise graph nodes.
+    Those nodes each stream the whole map, so maps over ``STRIP_BYTES`` go in row
+    strips (a strip's k*k passes then stay in cache), concatenated at the end.
   * ``"row_shifted_sum"`` (B'): B with the shifts split into k column slices of the
     padded input and one row slice per kernel row (2k slices instead of k*k).
 
@@ -59,6 +61,7 @@ runtime-weight conv (``_needs_constant_weights``).
 """
 from __future__ import annotations
 
+import math
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +71,14 @@ from edgesr.models.srconvnet import DynamicDepthwiseConv2d
 from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite, replace_modules
 
 FORMS = ("bank_conv", "bank_conv_mulsum", "shifted_sum", "row_shifted_sum")
+
+# Activations per row strip of the shifted sum. SRConvNet x4's MixFFN at 256x256 (64
+# channels, 16 MiB a map) in LiteRT/XNNPACK, 2 threads, AMD EPYC AVX-512, 2026-12-05:
+# one MixFFN 130 ms in one piece, 107 ms in 2 strips, 104 in 4 (68 ms with the
+# runtime-weight conv outside XNNPACK); whole model 1825 -> 1557 ms (2 strips) and
+# 1541 ms (4), onnxruntime 1207 ms in the same run. At 128x128 (4 MiB) strips cost
+# more than they save (one MixFFN 23 ms whole, 30 ms in 2 strips).
+STRIP_BYTES = 8 * 2**20
 
 
 class _StaticDynamicConv(nn.Module):
@@ -119,15 +130,27 @@ class BankConvDynamicConv(_StaticDynamicConv):
 
 
 class ShiftedSumDynamicConv(_StaticDynamicConv):
-    """Form B: y = bias + sum_taps kernel[b, c, tap] * shifted(x); no conv op at all."""
+    """Form B: y = bias + sum_taps kernel[b, c, tap] * shifted(x); no conv op at all.
+
+    Each tap is a full pass over the map (slice, multiply, add), so the plain form runs
+    in row strips of at most ``strip_bytes`` of activations each: the k*k passes of a
+    strip then reuse data the cache still holds (see ``STRIP_BYTES``).
+    """
 
     form = "shifted_sum"
 
-    def __init__(self, conv: DynamicDepthwiseConv2d, by_rows: bool = False) -> None:
+    def __init__(self, conv: DynamicDepthwiseConv2d, by_rows: bool = False, strip_bytes: int | None = None) -> None:
         super().__init__(conv)
         self.by_rows = by_rows
+        self.strip_bytes = STRIP_BYTES if strip_bytes is None else strip_bytes
         if by_rows:
             self.form = "row_shifted_sum"
+
+    def strip_bounds(self, x: torch.Tensor) -> list[int]:
+        """First row of each strip, then the height: strips as even as the rows allow."""
+        height = x.shape[2]
+        strips = min(height, max(1, math.ceil(x.element_size() * x.numel() / self.strip_bytes)))
+        return [round(s * height / strips) for s in range(strips + 1)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
@@ -138,8 +161,9 @@ class ShiftedSumDynamicConv(_StaticDynamicConv):
         taps = kernels.reshape(batch, channels, kh * kw, 1, 1).unbind(dim=2)
         p = self.padding
         padded = F.pad(x, (p, p, p, p))
-        y = self._mixed_bias(alpha)
+        bias = self._mixed_bias(alpha)
         if self.by_rows:
+            y = bias
             columns = [padded[:, :, :, j:j + width] for j in range(kw)]
             for i in range(kh):
                 row = taps[i * kw] * columns[0]
@@ -147,10 +171,15 @@ class ShiftedSumDynamicConv(_StaticDynamicConv):
                     row = row + taps[i * kw + j] * columns[j]
                 y = y + row[:, :, i:i + height]
             return y
-        for i in range(kh):
-            for j in range(kw):
-                y = y + taps[i * kw + j] * padded[:, :, i:i + height, j:j + width]
-        return y
+        bounds = self.strip_bounds(x)
+        pieces = []
+        for top, bottom in zip(bounds, bounds[1:]):
+            y = bias
+            for i in range(kh):
+                for j in range(kw):
+                    y = y + taps[i * kw + j] * padded[:, :, top + i:bottom + i, j:j + width]
+            pieces.append(y)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)
 
 
 def _make(conv: DynamicDepthwiseConv2d, form: str) -> nn.Module:
@@ -194,9 +223,9 @@ _MEASURED_FULL: dict[str, tuple[float, float, float, float]] = {
 FORM_BY_TARGET = {"onnx": "bank_conv", "tflite": "shifted_sum", "coreml": "bank_conv"}
 _WHY = {
     "onnx": "fastest constant-weight form on ORT CPU; mobile EPs need constant conv weights",
-    "tflite": "the mixed kernel applied as k*k shifted multiply-adds, all in XNNPACK: 30 ms per MixFFN "
-              "pair at 128x128 vs 101 ms for the bank conv + Mul + Sum (a runtime-weight depthwise conv, "
-              "7 ms, runs outside XNNPACK and the GPU delegate)",
+    "tflite": "the mixed kernel applied as k*k shifted multiply-adds, all in XNNPACK, in row strips of "
+              f"at most {STRIP_BYTES // 2**20} MiB of activations: 30 ms per MixFFN pair at 128x128 vs 101 ms for the bank conv "
+              "+ Mul + Sum (a runtime-weight depthwise conv, 7 ms, runs outside XNNPACK and the GPU delegate)",
     "coreml": "one constant depthwise conv + matmul; fastest constant-weight form measured, "
               "ANE-friendly",
 }
