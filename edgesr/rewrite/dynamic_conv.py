@@ -72,12 +72,14 @@ from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite, replac
 
 FORMS = ("bank_conv", "bank_conv_mulsum", "shifted_sum", "row_shifted_sum")
 
-# Activations per row strip of the shifted sum. SRConvNet x4's MixFFN at 256x256 (64
-# channels, 16 MiB a map) in LiteRT/XNNPACK, 2 threads, AMD EPYC AVX-512, 2026-12-05:
-# one MixFFN 130 ms in one piece, 107 ms in 2 strips, 104 in 4 (68 ms with the
-# runtime-weight conv outside XNNPACK); whole model 1825 -> 1557 ms (2 strips) and
-# 1541 ms (4), onnxruntime 1207 ms in the same run. At 128x128 (4 MiB) strips cost
-# more than they save (one MixFFN 23 ms whole, 30 ms in 2 strips).
+# Activations per row strip of the shifted sum. SRConvNet x4 at 256x256 (64 channels,
+# 16 MiB a map, so 2 strips) in LiteRT/XNNPACK, 2 threads, AMD EPYC AVX-512, 2026-12-05,
+# three processes: 1504-1600 ms against 1850-1912 in one piece, 1.19-1.28x onnxruntime's
+# time instead of 1.48-1.53x. 4 MiB strips measured 1.12x and 1.25x in two processes,
+# 2 MiB 1.24x, 1 MiB 1.30x, with exports of 182 / 323 / 568 s against 117 s; at 128x128
+# 2 strips gave 1.04x against 1.03x in one piece. Written channels-last instead (taps
+# broadcast over the last axis, the MixFFN kept NHWC to proj_out), the same model was
+# slower: 1.16x / 1.42x against 0.97x / 1.30x in one run at 128 / 256.
 STRIP_BYTES = 8 * 2**20
 
 
