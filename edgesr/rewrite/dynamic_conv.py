@@ -141,10 +141,10 @@ class ShiftedSumDynamicConv(_StaticDynamicConv):
 
     form = "shifted_sum"
 
-    def __init__(self, conv: DynamicDepthwiseConv2d, by_rows: bool = False, strip_bytes: int | None = None) -> None:
+    def __init__(self, conv: DynamicDepthwiseConv2d, by_rows: bool = False, strip_bytes: int = STRIP_BYTES) -> None:
         super().__init__(conv)
         self.by_rows = by_rows
-        self.strip_bytes = STRIP_BYTES if strip_bytes is None else strip_bytes
+        self.strip_bytes = strip_bytes
         if by_rows:
             self.form = "row_shifted_sum"
 
