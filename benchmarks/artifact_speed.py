@@ -39,6 +39,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from doc_notes import write_keeping_notes  # noqa: E402 (benchmarks/ is the script's folder)
 HITNET = REPO.parent / "shared" / "data" / "weights" / "HiTNet.pth"
 
 # (label, file tag, target, precision, export options, architectures: None for every one)
@@ -268,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 text = to_markdown(rows, header)
                 print(text, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_keeping_notes(args.out, text, "artifact_speed.py")
     cpu = hostcpu.describe()
     args.out.with_suffix(".json").write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1, default=str))
     print(f"wrote {args.out}", file=sys.stderr)

@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
+from doc_notes import write_keeping_notes  # noqa: E402 (benchmarks/ is the script's folder)
+
 # The layers that feed HiT-SRF's LayerNorms (OnnxQuantizer.node_groups, PT2EInt8.node_groups).
 NORM_INPUTS = ("Conv:first", "MatMul:norm-input", "Gemm:norm-input", "Conv:norm-input")
 # (the MLPs' second layers, Linear:norm-input:fc2, cost nothing in int8: 0.001 dB)
@@ -44,8 +46,6 @@ PLAN = {
                ("int8", {"max_psnr_drop": 0.1}, " (budget 0.1 dB)")],
 }
 LABELS = [f"{target} {precision}{suffix}" for target, plan in PLAN.items() for precision, _, suffix in plan]
-# docs/quantization.md: what follows this line is written by hand and kept on every run.
-NOTES_MARKER = "<!-- hand-written notes below: kept by benchmarks/quantize_hitsr.py -->"
 
 
 def main() -> int:
@@ -180,8 +180,6 @@ def _fmt(value, spec: str) -> str:
 def _write(out: Path, rows, reports, float_set14: float, tile) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: LABELS.index(r["label"]) if r["label"] in LABELS else len(LABELS))
-    previous = (out / "quantization.md").read_text() if (out / "quantization.md").exists() else ""
-    hand_written = previous.split(NOTES_MARKER, 1)[1] if NOTES_MARKER in previous else "\n"
     float_set5 = next((r["set5_float"] for r in rows if r.get("set5_float") is not None), None)
     lines = [
         "# Quantized exports of HiT-SRF x4 (HiTNet.pth)",
@@ -211,8 +209,7 @@ def _write(out: Path, rows, reports, float_set14: float, tile) -> None:
     notes = [r for r in rows if r.get("note")]
     if notes:
         lines += ["", "Notes:"] + [f"- {r['label']}: {r['note']}" for r in notes]
-    lines += ["", NOTES_MARKER]
-    (out / "quantization.md").write_text("\n".join(lines) + hand_written)
+    write_keeping_notes(out / "quantization.md", "\n".join(lines), "quantize_hitsr.py")
     (out / "quantization.json").write_text(json.dumps({"rows": rows, "reports": reports}, indent=1,
                                                       default=str) + "\n")
 
