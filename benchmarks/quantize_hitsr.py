@@ -36,7 +36,12 @@ PLAN = {
     "onnx": [("fp32", {}, ""), ("fp16", {}, ""), ("w8", {}, ""), ("int8", {}, ""),
              ("int8", {"keep_float": NORM_INPUTS}, " (norm inputs in float)"),
              ("int8", {"max_psnr_drop": 0.1}, " (budget 0.1 dB)"),
-             ("int8", {"max_psnr_drop": 0.1, "calib_method": "entropy"}, " (entropy ranges, budget 0.1 dB)")],
+             ("int8", {"max_psnr_drop": 0.1, "calib_method": "entropy"}, " (entropy ranges, budget 0.1 dB)"),
+             # --fused-ops: the file for onnxruntime's CPU (float32-only graph, see onnx_quant)
+             ("int8", {"fused_ops": True}, " (fused ops, for onnxruntime CPU)"),
+             ("int8", {"fused_ops": True, "max_psnr_drop": 0.1}, " (fused ops, budget 0.1 dB)"),
+             ("int8", {"fused_ops": True, "max_psnr_drop": 0.1, "calib_method": "entropy"},
+              " (fused ops, entropy ranges, budget 0.1 dB)")],
     "tflite": [("fp32", {}, ""), ("fp16", {}, ""), ("int8", {}, ""),
                ("int8", {"keep_float": PT2E_NORM_INPUTS}, " (norm inputs in float)"),
                ("int8", {"keep_float": PT2E_NORM_INPUTS_ONE_CONV}, " (norm inputs but one Conv in float)"),

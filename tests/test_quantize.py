@@ -278,6 +278,39 @@ def test_hitsr_tflite_int8_runs_with_its_float_islands_named(data, tmp_path):
     assert q["plain_int8"]["psnr_y"] == pytest.approx(q["quantized"]["psnr_y"], abs=0.1)
 
 
+def test_hitsr_onnx_int8_for_the_cpu_keeps_the_unscaled_correlation_float(data, tmp_path):
+    """--fused-ops int8 ONNX (onnxruntime's CPU): built on the float32-only graph (no range
+    scaling), so the correlations' products and the projections that read them stay float,
+    and so do the depthwise convs; every other Conv/MatMul/Gemm is int8."""
+    import onnx
+
+    from edgesr.export.pipeline import export
+
+    report = export(_tiny_hitsr(), "onnx", input_size=SIZE, precision="int8", out_dir=tmp_path,
+                    calib=data["calib"], calib_count=4, val=data["val"], fused_ops=True)
+    q = report.quantization
+    assert report.status == "passed" and abs(q["delta_db"]) < 1.0
+    model = onnx.load(report.artifact)
+    metadata = {p.key: p.value for p in model.metadata_props}
+    assert metadata["edgesr.float32_only"] == "true"
+    assert "correlation_range_unscaled" in metadata["edgesr.rewrites"]
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    constants = {tensor.name for tensor in model.graph.initializer}
+    compute = [node for node in model.graph.node if node.op_type in ("Conv", "MatMul", "Gemm")]
+    products = [n for n in compute if n.op_type == "MatMul" and not {n.input[0], n.input[1]} & constants
+                and not {n.input[0], n.input[1]} & dequantized]
+    float_weights = [n for n in compute if n.input[1] in constants]
+    depthwise = [n for n in float_weights if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    by_design = q["float_by_design"]
+    assert len(products) == by_design["activation MatMuls of the unscaled correlations"] > 0
+    assert len(depthwise) == by_design[next(k for k in by_design if k.startswith("depthwise"))] > 0
+    projections = [n for n in float_weights if n not in depthwise]
+    assert len(projections) == by_design["layers reading an unscaled correlation"] > 0
+    assert all(n.op_type in ("MatMul", "Gemm") for n in projections)
+    assert any(n.input[1] in dequantized for n in compute)  # the rest is int8
+    assert 0.5 < q["macs"]["int8_fraction"] < 1.0
+
+
 def test_hitsr_coreml_int8_quantizes_only_its_compute_ops(data, tmp_path):
     """HiT-SR's CoreML W8A8 takes TFLite's Conv/Linear-only graph (every op in int8 lost
     2.5 dB on HiTNet): one int8 weight per Conv/Linear node of the groups, and the

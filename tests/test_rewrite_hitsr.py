@@ -197,7 +197,7 @@ def test_float32_only_graph_drops_the_range_scaling_and_matches(model: nn.Module
     ("onnx", "fp16", False, False, True, False),  # phones' accelerators
     ("onnx", "int8", False, False, True, False),
     ("onnx", "fp16", True, False, False, False),
-    ("onnx", "int8", True, False, False, False),
+    ("onnx", "int8", True, False, False, True),  # int8 for onnxruntime's CPU: float islands in float32
     ("tflite", "fp32", False, False, True, False),
     ("tflite", "fp32", True, False, False, False),  # --fused-ops: LiteRT's CPU kernels; the GPU may be fp16
     ("tflite", "fp16", True, False, False, False),

@@ -94,12 +94,14 @@ class ExportOptions:
     min_side: int = 1
 
     def float32_only(self, target: str) -> bool:
-        """Whether the file computes in float32 wherever it is meant to run (a fp32
-        ``--fused-ops`` ONNX file for desktop onnxruntime), so that float16/int8 range
-        safety can be left out (``edgesr.rewrite.plan.ExportContext.float32_only``). A
-        TFLite file may meet the GPU delegate, whose Android default allows float16: it
-        keeps HiT-SR's range scaling."""
-        return target == "onnx" and self.fused_ops and self.precision == "fp32"
+        """Whether the file computes in float32 wherever it is meant to run (a fp32 or
+        int8 ``--fused-ops`` ONNX file for desktop onnxruntime), so that float16/int8 range
+        safety can be left out (``edgesr.rewrite.plan.ExportContext.float32_only``). In
+        such an int8 file the layers that see the unscaled range stay float
+        (``edgesr.quantize.onnx_quant.OnnxQuantizer.cpu_float_nodes``). A TFLite file may
+        meet the GPU delegate, whose Android default allows float16: it keeps HiT-SR's
+        range scaling."""
+        return target == "onnx" and self.fused_ops and self.precision in ("fp32", "int8")
 
     @property
     def layout(self) -> str:

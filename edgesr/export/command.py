@@ -66,9 +66,11 @@ def export_command(
     min_ios: Optional[int] = typer.Option(None, "--min-ios", help="coreml: minimum iOS version (default 16)."),
     fused_ops: bool = typer.Option(False, "--fused-ops", help="onnx, fixed size: the fused ops of an fp32 "
                                    "file (exact GELU, LayerNormalization, reflect Pad, SRConvNet's "
-                                   "runtime-weight conv) for fp16/int8 too, and an fp32 file leaves out "
+                                   "runtime-weight conv) for fp16/int8 too, and an fp32 or int8 file leaves out "
                                    "HiT-SR's float16 range scaling: the fastest file for float32 "
-                                   "onnxruntime (no --trt-fp16). tflite: SRConvNet's runtime-weight "
+                                   "onnxruntime (no --trt-fp16); int8 then keeps the layers that see "
+                                   "that range and the depthwise convs in float (onnxruntime's CPU "
+                                   "runs them faster so). tflite: SRConvNet's runtime-weight "
                                    "depthwise conv, which LiteRT's CPU kernels run ~2.7x faster than "
                                    "XNNPACK runs the constant-weight form, but outside XNNPACK (more "
                                    "partitions, so the delegate policy is off)."),

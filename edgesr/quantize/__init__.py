@@ -27,9 +27,6 @@ QUANTIZED = ("int8", "w8")
 # The options this package adds (also in edgesr.export.base.OPTION_FLAGS).
 QUALITY_GATE = ("quantized exports are judged by PSNR-Y against the float model on the "
                 "validation set (see the report's quantization section), not by max-abs parity")
-LATENCY_NOTE = ("median of {n} runs, batch 1 at the export input size, on this machine's CPU "
-                "(shared cores: timings are noisy)")
-LATENCY_REPEATS = 5
 
 Stage = Callable[[str], None]
 

@@ -11,7 +11,9 @@ arithmetic saves time, while a QDQ pair around each elementwise op only adds wor
 rounding. HiT-SRF x4 (HiTNet, 128x128): every quantizable op 21.9 dB PSNR-Y on Set5
 at 0.88x the fp32 speed; compute ops only 24.3 dB at 0.92x (float: 31.7 dB; this CPU
 has AVX2 but no VNNI). See docs/quantization.md.
-Nodes listed in ``keep_float`` are left out of quantization.
+Nodes listed in ``keep_float`` are left out of quantization. A ``--fused-ops`` int8 file
+is the one for onnxruntime's CPU: built on the float32-only graph, with the nodes of
+``OnnxQuantizer.cpu_float_nodes`` in float whatever the budget search chooses.
 
 w8: weight-only: every Conv/ConvTranspose/MatMul/Gemm weight initializer is stored
 as per-output-channel symmetric int8 with a DequantizeLinear in front; activations
@@ -104,6 +106,44 @@ class OnnxQuantizer:
                 group = f"{node.op_type}:norm-input" if _feeds_a_norm(node, consumers) else node.op_type
             groups.setdefault(group, []).append(node.name)
         return groups
+
+    def cpu_float_nodes(self) -> dict[str, list[str]]:
+        """Compute nodes that an int8 file for onnxruntime's CPU keeps in float, by reason.
+
+        Such a file (``--fused-ops``) is built from the float32-only graph, whose HiT-SR
+        correlations skip the range scaling: their activation-by-activation MatMuls, and
+        the first layers that read their output before a LayerNormalization (the output
+        projections), see values that differ by many orders of magnitude between windows
+        (calibrated ranges up to 8.7e12 on HiTNet), which no per-tensor int8 scale holds. Depthwise convs stay float too: onnxruntime's u8s8 depthwise
+        kernel ran HiTNet's 24 5x5 depthwise convs (128x128) in 44 ms, its float NCHWc
+        conv in 17 (AMD EPYC, AVX-512 VNNI, 2 threads).
+        """
+        graph = self.model.graph
+        constants = {tensor.name for tensor in graph.initializer}
+        consumers = _consumers(graph)
+        products = [node for node in graph.node if node.op_type == "MatMul"
+                    and node.input[0] not in constants and node.input[1] not in constants]
+        readers: dict[str, None] = {}
+        for product in products:
+            frontier, seen = list(product.output), set()
+            while frontier:
+                for user in consumers.get(frontier.pop(), []):
+                    if user.name in seen or user.op_type == "LayerNormalization":
+                        continue
+                    seen.add(user.name)
+                    if user.op_type in COMPUTE_OPS:
+                        if user.input[1] in constants:
+                            readers[user.name] = None
+                    else:
+                        frontier.extend(name for name in user.output if name)
+        depthwise = [node.name for node in graph.node if node.op_type == "Conv"
+                     and any(attr.name == "group" and attr.i > 1 for attr in node.attribute)]
+        reasons = {
+            "activation MatMuls of the unscaled correlations": [node.name for node in products],
+            "layers reading an unscaled correlation": list(readers),
+            "depthwise Conv (onnxruntime's int8 depthwise kernel is slower than its float one)": depthwise,
+        }
+        return {reason: nodes for reason, nodes in reasons.items() if nodes}
 
     def node_macs(self) -> dict[str, int]:
         """Multiply-accumulates of each compute node (``COMPUTE_OPS``), from the shapes
@@ -290,6 +330,10 @@ def session_fn(path: Path, threads: int | None = None, exact: bool = False) -> C
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # With spinning worker threads, 3 of 6 sessions of the same int8 HiTNet file ran 1.6x
+    # slower than the others throughout (its DequantizeLinear and Transpose kernels 2-3.5x);
+    # without, 6 of 6 ran at the fast speed (2 cores, AMD EPYC).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if exact:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
@@ -312,9 +356,9 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     """The ONNX side of ``edgesr.quantize.convert``: float graph, then int8 / w8 / as is."""
     import shutil
 
-    from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
+    from edgesr.quantize import float_options
     from edgesr.quantize.budget import KeepFloat
-    from edgesr.quantize.quality import latency_ms, measure_psnr
+    from edgesr.quantize.quality import latency_comparison, measure_psnr
 
     float_path = work / "float.onnx"
     stage("converting the float graph")
@@ -337,14 +381,22 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         quantizer = OnnxQuantizer(float_path, work, calib, options.calib_method, op_types=COMPUTE_OPS,
                                   reduce_range=options.reduce_range)
         section["preprocessing"] = quantizer.pre_note
+        by_design = quantizer.cpu_float_nodes() if options.float32_only(target.name) else {}
+        always_float = [node for nodes in by_design.values() for node in nodes]
+        if by_design:
+            section["float_by_design"] = {reason: len(nodes) for reason, nodes in by_design.items()}
+        fixed = set(always_float)
+        groups = {name: [node for node in nodes if node not in fixed]
+                  for name, nodes in quantizer.node_groups().items()}
         candidate, last_measured = work / "candidate.onnx", []
 
         def measure(nodes):
-            quantizer.quantize(candidate, nodes)
+            quantizer.quantize(candidate, [*always_float, *nodes])
             last_measured[:] = nodes
             return psnr_of(candidate).psnr_y
 
-        keep_float = KeepFloat(quantizer.node_groups(), measure, quantizer.node_macs())
+        keep_float = KeepFloat({name: nodes for name, nodes in groups.items() if nodes}, measure,
+                               quantizer.node_macs(), always_float)
         weights = "7-bit (--reduce-range)" if options.reduce_range else "int8"
         section["method"] = (f"onnxruntime quantize_static, QDQ, {'/'.join(COMPUTE_OPS)} only, per-channel "
                              f"symmetric {weights} weights, uint8 asymmetric activations (U8S8)")
@@ -353,7 +405,7 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         if candidate.exists() and last_measured == chosen:  # plain int8, or the search's last step
             candidate.replace(destination)
         else:
-            quantizer.quantize(destination, chosen)
+            quantizer.quantize(destination, [*always_float, *chosen])
     else:
         shutil.copyfile(float_path, destination)
     quality = psnr_of(destination)
@@ -363,11 +415,8 @@ def export_quantized(target, module, example, options, destination: Path, work: 
     shape = (1, 3, *tile)
     stage("latency (onnxruntime CPU)")
     reference_path = float_path if options.precision != "fp32" else destination
-    float_ms = latency_ms(session_fn(reference_path), shape, LATENCY_REPEATS)
-    quant_ms = latency_ms(session_fn(destination), shape, LATENCY_REPEATS)
-    section["latency_ms"] = {"fp32": round(float_ms, 2), options.precision: round(quant_ms, 2),
-                             "speedup_vs_fp32": round(float_ms / quant_ms, 3),
-                             "note": LATENCY_NOTE.format(n=LATENCY_REPEATS)}
+    section["latency_ms"] = latency_comparison(session_fn(reference_path), session_fn(destination), shape,
+                                               options.precision)
     section["size_bytes"] = {"fp32": float_path.stat().st_size, options.precision: destination.stat().st_size}
     return section
 

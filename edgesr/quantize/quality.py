@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgesr.calibration import ValidationSet
+from edgesr.hostcpu import vector_extensions
 
 # NCHW float32 [0,1] batch -> NCHW float32 [0,1] batch.
 BatchFn = Callable[[np.ndarray], np.ndarray]
@@ -65,18 +66,36 @@ def torch_batch_fn(module) -> BatchFn:
     return run
 
 
-def latency_ms(run_batch: BatchFn, shape: tuple[int, ...], repeats: int = 5, warmup: int = 1,
-               seed: int = 0) -> float:
-    """Median wall time of one call in milliseconds (shared CPUs: noisy, see the report)."""
+# Runs of each file; the seconds before each timed call, longer than onnxruntime's,
+# OpenMP's and XNNPACK's worker pools busy-wait after a run (on 2 cores a spinning pool
+# slows whichever file runs next).
+LATENCY_REPEATS = 5
+LATENCY_PAUSE_S = 0.2
+
+
+def latency_comparison(float_fn: BatchFn, quantized_fn: BatchFn, shape: tuple[int, ...], precision: str,
+                       repeats: int = LATENCY_REPEATS, seed: int = 0) -> dict:
+    """Median latency (ms) of the float and the quantized file, timed alternately in this
+    process after one warm-up each, so that load on a shared machine moves both alike.
+    HiTNet's ``--fused-ops`` int8 file against its float graph: 0.90x timed one after the
+    other, 1.09x alternating (onnxruntime sessions without spinning, ``onnx_quant.session_fn``)."""
     batch = np.random.default_rng(seed).random(shape, dtype=np.float32)
-    for _ in range(warmup):
-        run_batch(batch)
-    times = []
+    runs = {"fp32": float_fn, precision: quantized_fn}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run(batch)
     for _ in range(max(1, repeats)):
-        started = time.perf_counter()
-        run_batch(batch)
-        times.append((time.perf_counter() - started) * 1e3)
-    return float(statistics.median(times))
+        for name, run in runs.items():
+            time.sleep(LATENCY_PAUSE_S)
+            started = time.perf_counter()
+            run(batch)
+            times[name].append((time.perf_counter() - started) * 1e3)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {"fp32": round(medians["fp32"], 2), precision: round(medians[precision], 2),
+            "speedup_vs_fp32": round(medians["fp32"] / medians[precision], 3),
+            "note": (f"median of {repeats} runs of each, alternating, batch 1 at the export input size, "
+                     f"on this machine's CPU ({', '.join(vector_extensions()) or 'no x86 vector extensions'}; "
+                     f"shared cores: compare the two, not across machines)")}
 
 
 def artifact_fn(path, exact: bool = False) -> BatchFn:

@@ -177,8 +177,8 @@ def _builtin_kernels(path: Path, nhwc: bool) -> dict:
 
 def export_quantized(target, module, example, options, destination: Path, work: Path, calib, val,
                      float_quality, arch, stage) -> dict:
-    from edgesr.quantize import LATENCY_NOTE, LATENCY_REPEATS, float_options
-    from edgesr.quantize.quality import latency_ms, measure_psnr
+    from edgesr.quantize import float_options
+    from edgesr.quantize.quality import latency_comparison, measure_psnr
 
     section: dict = {"runtime": "ai_edge_litert Interpreter (CPU, XNNPACK)"}
     if options.precision == "int8":
@@ -217,10 +217,7 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         section["builtin_kernels"] = _builtin_kernels(destination, options.nhwc)
     shape = (1, 3, *tile)
     stage("latency (LiteRT CPU)")
-    float_ms = latency_ms(interpreter_fn(float_path, options.nhwc), shape, LATENCY_REPEATS)
-    quant_ms = latency_ms(interpreter_fn(destination, options.nhwc), shape, LATENCY_REPEATS)
-    section["latency_ms"] = {"fp32": round(float_ms, 2), options.precision: round(quant_ms, 2),
-                             "speedup_vs_fp32": round(float_ms / quant_ms, 3),
-                             "note": LATENCY_NOTE.format(n=LATENCY_REPEATS)}
+    section["latency_ms"] = latency_comparison(interpreter_fn(float_path, options.nhwc),
+                                               interpreter_fn(destination, options.nhwc), shape, options.precision)
     section["size_bytes"] = {"fp32": float_path.stat().st_size, options.precision: destination.stat().st_size}
     return section
