@@ -308,6 +308,11 @@ def test_hitsr_onnx_int8_for_the_cpu_keeps_the_unscaled_correlation_float(data, 
     assert len(projections) == by_design["layers reading an unscaled correlation"] > 0
     assert all(n.op_type in ("MatMul", "Gemm") for n in projections)
     assert any(n.input[1] in dequantized for n in compute)  # the rest is int8
+    # int8 Linears keep a float output (onnxruntime's QGemm then writes float: no Q/DQ pair).
+    quantized_outputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    int8_gemms = [n for n in compute if n.op_type == "Gemm" and n.input[1] in dequantized]
+    assert int8_gemms and not any(n.output[0] in quantized_outputs for n in int8_gemms)
+    assert any(n.output[0] in quantized_outputs for n in compute if n.op_type == "Conv")
     assert 0.5 < q["macs"]["int8_fraction"] < 1.0
 
 
