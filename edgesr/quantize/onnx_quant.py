@@ -53,11 +53,18 @@ def quantizable_op_types() -> set[str]:
 
 
 class OnnxQuantizer:
-    """One float ONNX graph, pre-processed and calibrated once; ``quantize(keep_float)`` many times."""
+    """One float ONNX graph, pre-processed and calibrated once; ``quantize(keep_float)`` many times.
+
+    ``for_cpu``: the int8 file for onnxruntime's CPU (``--fused-ops``, built on the
+    float32-only graph). The nodes of ``cpu_float_nodes`` (``float_by_design``) then stay
+    float in every file this quantizer writes and are in no group, and Gemm outputs stay
+    float: onnxruntime fuses DequantizeLinear -> Gemm without a QuantizeLinear after it into
+    QGemm with a float output, so no Quantize/DequantizeLinear pair follows each Linear
+    (HiTNet: 142 -> 70 DequantizeLinear; 1.30x -> 1.43x the default fp32 file's speed).
+    """
 
     def __init__(self, float_path: Path, work: Path, calib: CalibrationSet, method: str = "minmax",
-                 op_types: Sequence[str] | None = None, reduce_range: bool = False,
-                 float_outputs: Sequence[str] = ()):
+                 op_types: Sequence[str] | None = None, reduce_range: bool = False, for_cpu: bool = False):
         import onnx
         from onnxruntime.quantization import quant_pre_process
 
@@ -66,7 +73,7 @@ class OnnxQuantizer:
         self.work, self.calib, self.method = Path(work), calib, method
         self.reduce_range = reduce_range
         # Op types whose outputs stay float (no QuantizeLinear after them).
-        self.float_outputs = list(float_outputs)
+        self.float_outputs = ["Gemm"] if for_cpu else []
         # Op types quantized (and whose tensors are calibrated); None: every type
         # onnxruntime can quantize.
         self.op_types = list(op_types) if op_types else None
@@ -83,6 +90,8 @@ class OnnxQuantizer:
             self.pre_note = "onnxruntime quant_pre_process (optimisation + shape inference)"
         self.model = onnx.load_model(str(self.pre_path))
         self.input_name = self.model.graph.input[0].name
+        self.float_by_design = self.cpu_float_nodes() if for_cpu else {}
+        self.always_float = [node for nodes in self.float_by_design.values() for node in nodes]
 
     def node_groups(self) -> dict[str, list[str]]:
         """Quantizable nodes grouped for the sensitivity search.
@@ -103,7 +112,10 @@ class OnnxQuantizer:
         if len(convs) >= 3:
             special = {convs[0]: "Conv:first", convs[-1]: "Conv:last"}
         consumers = _consumers(self.model.graph)
+        fixed = set(self.always_float)
         for node in nodes:
+            if node.name in fixed:
+                continue
             group = special.get(node.name)
             if group is None:
                 group = f"{node.op_type}:norm-input" if _feeds_a_norm(node, consumers) else node.op_type
@@ -117,9 +129,10 @@ class OnnxQuantizer:
         correlations skip the range scaling: their activation-by-activation MatMuls, and
         the first layers that read their output before a LayerNormalization (the output
         projections), see values that differ by many orders of magnitude between windows
-        (calibrated ranges up to 8.7e12 on HiTNet), which no per-tensor int8 scale holds. Depthwise convs stay float too: onnxruntime's u8s8 depthwise
-        kernel ran HiTNet's 24 5x5 depthwise convs (128x128) in 44 ms, its float NCHWc
-        conv in 17 (AMD EPYC, AVX-512 VNNI, 2 threads).
+        (calibrated ranges up to 8.7e12 on HiTNet), which no per-tensor int8 scale holds.
+        Depthwise convs stay float too: onnxruntime's u8s8 depthwise kernel ran HiTNet's 24
+        5x5 depthwise convs (128x128) in 44 ms, its float NCHWc conv in 17 (AMD EPYC,
+        AVX-512 VNNI, 2 threads).
         """
         graph = self.model.graph
         constants = {tensor.name for tensor in graph.initializer}
@@ -209,7 +222,7 @@ class OnnxQuantizer:
                 str(self.pre_path), str(destination), None,
                 quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=self.reduce_range,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=_method(self.method), nodes_to_exclude=list(keep_float),
+                calibrate_method=_method(self.method), nodes_to_exclude=[*self.always_float, *keep_float],
                 op_types_to_quantize=self.op_types,
                 calibration_cache_path=str(self.cache_path),
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
@@ -383,28 +396,19 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         stage(f"onnxruntime static quantization (QDQ, per-channel weights, {options.calib_method} "
               f"calibration on {len(calib)} patches)")
         for_cpu = options.float32_only(target.name)
-        # onnxruntime's CPU fuses DequantizeLinear -> Gemm without a QuantizeLinear after it
-        # into QGemm with a float output: no Quantize/DequantizeLinear pair after each Linear
-        # (HiTNet: 142 -> 70 DequantizeLinear; 1.30x -> 1.43x the default fp32 file's speed).
         quantizer = OnnxQuantizer(float_path, work, calib, options.calib_method, op_types=COMPUTE_OPS,
-                                  reduce_range=options.reduce_range, float_outputs=("Gemm",) if for_cpu else ())
+                                  reduce_range=options.reduce_range, for_cpu=for_cpu)
         section["preprocessing"] = quantizer.pre_note
-        by_design = quantizer.cpu_float_nodes() if for_cpu else {}
-        always_float = [node for nodes in by_design.values() for node in nodes]
-        if by_design:
-            section["float_by_design"] = {reason: len(nodes) for reason, nodes in by_design.items()}
-        fixed = set(always_float)
-        groups = {name: [node for node in nodes if node not in fixed]
-                  for name, nodes in quantizer.node_groups().items()}
+        if quantizer.float_by_design:
+            section["float_by_design"] = {reason: len(nodes) for reason, nodes in quantizer.float_by_design.items()}
         candidate, last_measured = work / "candidate.onnx", []
 
         def measure(nodes):
-            quantizer.quantize(candidate, [*always_float, *nodes])
+            quantizer.quantize(candidate, nodes)
             last_measured[:] = nodes
             return psnr_of(candidate).psnr_y
 
-        keep_float = KeepFloat({name: nodes for name, nodes in groups.items() if nodes}, measure,
-                               quantizer.node_macs(), always_float)
+        keep_float = KeepFloat(quantizer.node_groups(), measure, quantizer.node_macs(), quantizer.always_float)
         weights = "7-bit (--reduce-range)" if options.reduce_range else "int8"
         section["method"] = (f"onnxruntime quantize_static, QDQ, {'/'.join(COMPUTE_OPS)} only, per-channel "
                              f"symmetric {weights} weights, uint8 asymmetric activations (U8S8)"
@@ -414,7 +418,7 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         if candidate.exists() and last_measured == chosen:  # plain int8, or the search's last step
             candidate.replace(destination)
         else:
-            quantizer.quantize(destination, [*always_float, *chosen])
+            quantizer.quantize(destination, chosen)
     else:
         shutil.copyfile(float_path, destination)
     quality = psnr_of(destination)
