@@ -243,11 +243,11 @@ def test_a_missed_budget_writes_no_artifact_but_reports_what_was_measured(data, 
     assert q["delta_db"] == pytest.approx(q["quantized"]["psnr_y"] - q["float"]["psnr_y"], abs=1e-3)
 
 
-def _tiny_hitsr():
+def _tiny_hitsr(**config):
     from edgesr.models.loading import create
 
     torch.manual_seed(0)
-    return create("hit-srf", 2, embed_dim=16, depths=[1, 1], num_heads=[2, 2])
+    return create("hit-srf", 2, **{"embed_dim": 16, "depths": [1, 1], "num_heads": [2, 2], **config})
 
 
 def test_hitsr_tflite_int8_runs_with_its_float_islands_named(data, tmp_path):
@@ -280,33 +280,39 @@ def test_hitsr_tflite_int8_runs_with_its_float_islands_named(data, tmp_path):
 
 def test_hitsr_onnx_int8_for_the_cpu_keeps_the_unscaled_correlation_float(data, tmp_path):
     """--fused-ops int8 ONNX (onnxruntime's CPU): built on the float32-only graph (no range
-    scaling), so the correlations' products and the projections that read them stay float,
-    and so do the depthwise convs; every other Conv/MatMul/Gemm is int8."""
+    scaling), so the correlations' products and the projections that read them stay float;
+    every other Conv/MatMul/Gemm is int8, the depthwise convs too, padded from 24 to 32
+    channels for onnxruntime's fast int8 depthwise kernel, and the GELUs are one node each."""
     import onnx
 
     from edgesr.export.pipeline import export
 
-    report = export(_tiny_hitsr(), "onnx", input_size=SIZE, precision="int8", out_dir=tmp_path,
+    report = export(_tiny_hitsr(mlp_ratio=1.5), "onnx", input_size=SIZE, precision="int8", out_dir=tmp_path,
                     calib=data["calib"], calib_count=4, val=data["val"], fused_ops=True)
     q = report.quantization
     assert report.status == "passed" and abs(q["delta_db"]) < 1.0
     model = onnx.load(report.artifact)
     metadata = {p.key: p.value for p in model.metadata_props}
     assert metadata["edgesr.float32_only"] == "true"
-    assert "correlation_range_unscaled" in metadata["edgesr.rewrites"]
+    assert {"correlation_range_unscaled", "depthwise_channel_padding"} <= set(metadata["edgesr.rewrites"].split(","))
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
     constants = {tensor.name for tensor in model.graph.initializer}
     compute = [node for node in model.graph.node if node.op_type in ("Conv", "MatMul", "Gemm")]
     products = [n for n in compute if n.op_type == "MatMul" and not {n.input[0], n.input[1]} & constants
                 and not {n.input[0], n.input[1]} & dequantized]
     float_weights = [n for n in compute if n.input[1] in constants]
-    depthwise = [n for n in float_weights if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    groups = {n.name: a.i for n in compute for a in n.attribute if a.name == "group" and a.i > 1}
     by_design = q["float_by_design"]
+    assert set(by_design) == {"activation MatMuls of the unscaled correlations",
+                              "layers reading an unscaled correlation"}
     assert len(products) == by_design["activation MatMuls of the unscaled correlations"] > 0
-    assert len(depthwise) == by_design[next(k for k in by_design if k.startswith("depthwise"))] > 0
-    projections = [n for n in float_weights if n not in depthwise]
-    assert len(projections) == by_design["layers reading an unscaled correlation"] > 0
-    assert all(n.op_type in ("MatMul", "Gemm") for n in projections)
+    assert len(float_weights) == by_design["layers reading an unscaled correlation"] > 0
+    assert all(n.op_type in ("MatMul", "Gemm") for n in float_weights)
+    depthwise = [n for n in compute if n.name in groups]
+    assert len(depthwise) == 2 and set(groups.values()) == {32} and q["groups"]["Conv:depthwise"] == 2
+    assert all(n.input[1] in dequantized for n in depthwise)
+    ops = {(n.domain, n.op_type) for n in model.graph.node}
+    assert ("com.microsoft", "Gelu") in ops and ("", "Erf") not in ops
     assert any(n.input[1] in dequantized for n in compute)  # the rest is int8
     # int8 Linears keep a float output (onnxruntime's QGemm then writes float: no Q/DQ pair).
     quantized_outputs = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}

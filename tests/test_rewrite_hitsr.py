@@ -190,21 +190,23 @@ def test_float32_only_graph_drops_the_range_scaling_and_matches(model: nn.Module
     assert ops(unscaled) < ops(scaled)
 
 
-@pytest.mark.parametrize("target,precision,fused,delegate_ready,forms,float32_only", [
-    ("onnx", "fp32", False, False, False, False),  # the desktop/Jetson file: fused ops, fp16-safe range
-    ("onnx", "fp32", False, True, True, False),  # --delegate-ready: what NNAPI / CoreML EP take whole
-    ("onnx", "fp32", True, False, False, True),  # --fused-ops: float32 runtimes only
-    ("onnx", "fp16", False, False, True, False),  # phones' accelerators
-    ("onnx", "int8", False, False, True, False),
-    ("onnx", "fp16", True, False, False, False),
-    ("onnx", "int8", True, False, False, True),  # int8 for onnxruntime's CPU: float islands in float32
-    ("tflite", "fp32", False, False, True, False),
-    ("tflite", "fp32", True, False, False, False),  # --fused-ops: LiteRT's CPU kernels; the GPU may be fp16
-    ("tflite", "fp16", True, False, False, False),
-    ("coreml", "fp32", False, False, True, False),
+@pytest.mark.parametrize("target,precision,fused,delegate_ready,forms,float32_only,depthwise_multiple", [
+    ("onnx", "fp32", False, False, False, False, 1),  # the desktop/Jetson file: fused ops, fp16-safe range
+    ("onnx", "fp32", False, True, True, False, 1),  # --delegate-ready: what NNAPI / CoreML EP take whole
+    ("onnx", "fp32", True, False, False, True, 1),  # --fused-ops: float32 runtimes only
+    ("onnx", "fp16", False, False, True, False, 1),  # phones' accelerators
+    ("onnx", "int8", False, False, True, False, 1),
+    ("onnx", "fp16", True, False, False, False, 1),
+    # int8 for onnxruntime's CPU: float islands in float32, depthwise convs padded for its int8 kernel
+    ("onnx", "int8", True, False, False, True, 16),
+    ("tflite", "fp32", False, False, True, False, 1),
+    ("tflite", "fp32", True, False, False, False, 1),  # --fused-ops: LiteRT's CPU kernels; the GPU may be fp16
+    ("tflite", "fp16", True, False, False, False, 1),
+    ("tflite", "int8", True, False, False, False, 1),
+    ("coreml", "fp32", False, False, True, False, 1),
 ])
 def test_each_export_gets_its_forms(monkeypatch, target, precision, fused, delegate_ready, forms,
-                                    float32_only) -> None:
+                                    float32_only, depthwise_multiple) -> None:
     from edgesr.export import pipeline
     from edgesr.export.base import ExportOptions
 
@@ -212,7 +214,38 @@ def test_each_export_gets_its_forms(monkeypatch, target, precision, fused, deleg
     monkeypatch.setattr("edgesr.rewrite.prepare_for_export", lambda model, **kwargs: seen.update(kwargs) or model)
     pipeline._prepare(nn.Identity(), target, ExportOptions(input_size=(8, 8), precision=precision, fused_ops=fused),
                       delegate_ready)
-    assert (seen["delegate_forms"], seen["float32_only"]) == (forms, float32_only)
+    assert (seen["delegate_forms"], seen["float32_only"], seen["depthwise_multiple"]) == (
+        forms, float32_only, depthwise_multiple)
+
+
+@pytest.mark.parametrize("batch,height,width", SIZES)
+def test_depthwise_channel_padding_is_exact_and_pure(batch, height, width) -> None:
+    """HiT-SRF's ConvFFN hidden width (24 here, 120 in HiTNet) padded to a multiple of 16
+    with zero channels: same output, every depthwise conv's channels a multiple of 16."""
+    from edgesr.models.hit_srf import ConvFeedForward
+    from edgesr.rewrite.depthwise_padding import pad_depthwise_channels
+
+    torch.manual_seed(0)
+    original = _perturbed(create("hit-srf", 2, **{**SMALL, "depths": [2], "mlp_ratio": 1.5}))
+    before = copy.deepcopy(original.state_dict())
+    padded = pad_depthwise_channels(original, 16)
+    widths = [m.dwconv.depthwise_conv[0].groups for m in padded.modules() if isinstance(m, ConvFeedForward)]
+    assert widths == [32, 32]
+    assert {m.fc1.out_features for m in original.modules() if isinstance(m, ConvFeedForward)} == {24}
+    assert all(torch.equal(before[k], v) for k, v in original.state_dict().items())
+    assert _max_error(original, padded, _input(batch, height, width)) <= TOLERANCE
+
+
+def test_depthwise_channel_padding_only_for_the_cpu_int8_file() -> None:
+    torch.manual_seed(0)
+    model = create("hit-srf", 2, **{**SMALL, "depths": [1], "mlp_ratio": 1.5}).eval()
+    cpu_int8 = prepare_for_export(model, "onnx", (16, 16), delegate_forms=False, float32_only=True,
+                                  depthwise_multiple=16)
+    plain = prepare_for_export(model, "onnx", (16, 16), delegate_forms=False, float32_only=True)
+    names = [r["name"] for r in cpu_int8.edgesr_rewrites]
+    assert "depthwise_channel_padding" in names
+    assert "24 -> 32" in next(r["note"] for r in cpu_int8.edgesr_rewrites if r["name"] == "depthwise_channel_padding")
+    assert "depthwise_channel_padding" not in [r["name"] for r in plain.edgesr_rewrites]
 
 
 def test_full_size_hitsrf_parity() -> None:

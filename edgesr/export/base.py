@@ -103,6 +103,15 @@ class ExportOptions:
         range scaling."""
         return target == "onnx" and self.fused_ops and self.precision in ("fp32", "int8")
 
+    def depthwise_multiple(self, target: str) -> int:
+        """The channel multiple that the file's int8 depthwise kernel wants: 16 for the int8
+        file for onnxruntime's CPU (its fast symmetric depthwise kernel needs a group count
+        that is a multiple of 16 on x86, 8 on ARM64; edgesr.rewrite.depthwise_padding), 1
+        (no padding) for every other file."""
+        from edgesr.quantize.onnx_quant import DEPTHWISE_GROUP_MULTIPLE
+
+        return DEPTHWISE_GROUP_MULTIPLE if self.float32_only(target) and self.precision == "int8" else 1
+
     @property
     def layout(self) -> str:
         return "NHWC" if self.nhwc else "NCHW"

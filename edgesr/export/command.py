@@ -68,9 +68,9 @@ def export_command(
                                    "file (exact GELU, LayerNormalization, reflect Pad, SRConvNet's "
                                    "runtime-weight conv) for fp16/int8 too, and an fp32 or int8 file leaves out "
                                    "HiT-SR's float16 range scaling: the fastest file for float32 "
-                                   "onnxruntime (no --trt-fp16); int8 then keeps the layers that see "
-                                   "that range and the depthwise convs in float (onnxruntime's CPU "
-                                   "runs them faster so). tflite: SRConvNet's runtime-weight "
+                                   "onnxruntime (no --trt-fp16); int8 then is the file for onnxruntime's "
+                                   "CPU: the layers that see that range stay float, depthwise convs "
+                                   "are padded to a multiple of 16 channels for its int8 kernel. tflite: SRConvNet's runtime-weight "
                                    "depthwise conv, which LiteRT's CPU kernels run ~2.7x faster than "
                                    "XNNPACK runs the constant-weight form, but outside XNNPACK (more "
                                    "partitions, so the delegate policy is off)."),

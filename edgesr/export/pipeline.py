@@ -151,7 +151,8 @@ def _prepare(model: nn.Module, target: str, options: ExportOptions,
     size = None if options.dynamic else tuple(options.input_size)
     prepared = prepare_for_export(model, target=target, input_size=size,
                                   delegate_forms=delegate_forms_wanted(target, options, delegate_ready),
-                                  float32_only=options.float32_only(target))
+                                  float32_only=options.float32_only(target),
+                                  depthwise_multiple=options.depthwise_multiple(target))
     return prepared, list(getattr(prepared, "edgesr_rewrites", []) or [])
 
 

@@ -52,6 +52,39 @@ def quantizable_op_types() -> set[str]:
     return set(QDQRegistry) | set(QLinearOpsRegistry)
 
 
+def _conv_groups(node) -> int:
+    return next((attr.i for attr in node.attribute if attr.name == "group"), 1)
+
+
+def _is_depthwise(node) -> bool:
+    return node.op_type == "Conv" and _conv_groups(node) > 1
+
+
+def _fuse_gelus(path: Path) -> None:
+    """The erf GELUs of the graph at ``path`` as onnxruntime's one-node Gelu (com.microsoft).
+
+    onnxruntime fuses them itself when it loads a float graph, but not once a quantized
+    conv feeds one: it gives each reader of a DequantizeLinear its own copy, and the
+    GELU's two reads of its input then no longer match its fusion pattern (HiTNet with
+    int8 depthwise convs: its 48 GELUs ran as Erf/Div/Mul/Add chains, Erf 28 + Mul 27 +
+    Div 19 ms of kernel time, against 34 ms as Gelu kernels).
+    Fused before quantization, the file needs onnxruntime, which is what it is for.
+    """
+    import onnx
+    from onnxruntime.transformers.fusion_gelu import FusionGelu
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load_model(str(path)))
+    FusionGelu(model).apply()
+    model.prune_graph()
+    onnx.save_model(model.model, str(path))
+
+
+# onnxruntime's fast int8 depthwise kernel (MLAS ConvSym) takes group counts that are a
+# multiple of 16 on x86 and of 8 on ARM64.
+DEPTHWISE_GROUP_MULTIPLE = 16
+
+
 class OnnxQuantizer:
     """One float ONNX graph, pre-processed and calibrated once; ``quantize(keep_float)`` many times.
 
@@ -88,6 +121,8 @@ class OnnxQuantizer:
             self.pre_path.write_bytes(Path(float_path).read_bytes())
         else:
             self.pre_note = "onnxruntime quant_pre_process (optimisation + shape inference)"
+        if for_cpu:
+            _fuse_gelus(self.pre_path)
         self.model = onnx.load_model(str(self.pre_path))
         self.input_name = self.model.graph.input[0].name
         self.float_by_design = self.cpu_float_nodes() if for_cpu else {}
@@ -103,6 +138,8 @@ class OnnxQuantizer:
         to a few steps (or to nothing) comes out as noise. In HiT-SRF (HiTNet) those are
         the first Conv, the correlations' output projections and the MLPs' second layers;
         with them in float, int8 costs 0.33 dB on Set5 instead of 7.5 (docs/quantization.md).
+        Depthwise convs are ``Conv:depthwise``, weighed apart from the dense convs: on HiTNet
+        (``--fused-ops``, minmax) the 24 cost 0.010 dB alone, the 115 other convs 0.089 dB.
         """
         types = set(self.op_types) if self.op_types else quantizable_op_types()
         nodes = [n for n in self.model.graph.node if n.op_type in types]
@@ -117,8 +154,10 @@ class OnnxQuantizer:
             if node.name in fixed:
                 continue
             group = special.get(node.name)
-            if group is None:
-                group = f"{node.op_type}:norm-input" if _feeds_a_norm(node, consumers) else node.op_type
+            if group is None and _feeds_a_norm(node, consumers):
+                group = f"{node.op_type}:norm-input"
+            elif group is None:
+                group = "Conv:depthwise" if _is_depthwise(node) else node.op_type
             groups.setdefault(group, []).append(node.name)
         return groups
 
@@ -130,9 +169,11 @@ class OnnxQuantizer:
         the first layers that read their output before a LayerNormalization (the output
         projections), see values that differ by many orders of magnitude between windows
         (calibrated ranges up to 8.7e12 on HiTNet), which no per-tensor int8 scale holds.
-        Depthwise convs stay float too: onnxruntime's u8s8 depthwise kernel ran HiTNet's 24
-        5x5 depthwise convs (128x128) in 44 ms, its float NCHWc conv in 17 (AMD EPYC,
-        AVX-512 VNNI, 2 threads).
+        Depthwise convs whose group count is not a multiple of ``DEPTHWISE_GROUP_MULTIPLE``
+        stay float too: onnxruntime then runs them in its generic u8s8 path, which took 44 ms
+        for HiTNet's 24 5x5 depthwise convs of 120 channels (128x128) where its float NCHWc
+        conv took 17 (AMD EPYC, AVX-512 VNNI, 2 threads). The export pads HiT-SRF's to 128
+        (``edgesr.rewrite.depthwise_padding``), which its fast symmetric kernel takes.
         """
         graph = self.model.graph
         constants = {tensor.name for tensor in graph.initializer}
@@ -152,12 +193,13 @@ class OnnxQuantizer:
                             readers[user.name] = None
                     else:
                         frontier.extend(name for name in user.output if name)
-        depthwise = [node.name for node in graph.node if node.op_type == "Conv"
-                     and any(attr.name == "group" and attr.i > 1 for attr in node.attribute)]
+        depthwise = [node.name for node in graph.node
+                     if _is_depthwise(node) and _conv_groups(node) % DEPTHWISE_GROUP_MULTIPLE]
         reasons = {
             "activation MatMuls of the unscaled correlations": [node.name for node in products],
             "layers reading an unscaled correlation": list(readers),
-            "depthwise Conv (onnxruntime's int8 depthwise kernel is slower than its float one)": depthwise,
+            f"depthwise Conv whose groups are not a multiple of {DEPTHWISE_GROUP_MULTIPLE} (onnxruntime's generic "
+            f"int8 depthwise path is slower than its float conv)": depthwise,
         }
         return {reason: nodes for reason, nodes in reasons.items() if nodes}
 

@@ -13,7 +13,7 @@ from edgesr.models.descriptor import attach, describe
 TARGETS = ("onnx", "tflite", "coreml")
 # Modules whose import registers rewrites; imported on first use.
 REWRITE_MODULES: tuple[str, ...] = ("fourier", "dynamic_conv", "norm_range", "hit_windows", "subpixel",
-                                     "delegate_ops")
+                                     "delegate_ops", "depthwise_padding")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,9 @@ class ExportContext:
     # --fused-ops ONNX file for desktop onnxruntime): rewrites may then drop what only
     # float16 and int8 need (HiT-SR's correlation range scaling, see hit_windows).
     float32_only: bool = False
+    # Channel multiple for depthwise convs (>1: the int8 file for onnxruntime's CPU, whose
+    # fast int8 depthwise kernel needs it; see edgesr.rewrite.depthwise_padding).
+    depthwise_multiple: int = 1
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,12 @@ def _registered() -> list[Rewrite]:
 
 
 def prepare_for_export(model: nn.Module, target: str, input_size: tuple[int, int] | None,
-                       batch: int = 1, delegate_forms: bool = True, float32_only: bool = False) -> nn.Module:
+                       batch: int = 1, delegate_forms: bool = True, float32_only: bool = False,
+                       depthwise_multiple: int = 1) -> nn.Module:
     """The model with every rewrite this export needs; records them in ``edgesr_rewrites``."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}")
-    context = ExportContext(target, input_size, batch, delegate_forms, float32_only)
+    context = ExportContext(target, input_size, batch, delegate_forms, float32_only, depthwise_multiple)
     info = describe(model)
     applied = []
     prepared = model
