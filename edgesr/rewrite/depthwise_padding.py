@@ -51,12 +51,26 @@ def pad_depthwise_channels(model: nn.Module, multiple: int) -> nn.Module:
                            lambda mlp: _padded_feed_forward(mlp, multiple))
 
 
+def _zero_macs_per_pixel(mlp: ConvFeedForward, multiple: int) -> int:
+    """The MACs per pixel that the zero channels add (fc1 rows, fc2 columns, filters)."""
+    extra = _padded_width(mlp.fc1.out_features, multiple) - mlp.fc1.out_features
+    kernel = mlp.dwconv.depthwise_conv[0].kernel_size
+    return extra * (2 * mlp.fc1.in_features + kernel[0] * kernel[1])
+
+
 def _explain(model: nn.Module, context) -> str:
-    widths = sorted({m.fc1.out_features for m in model.modules() if _needs_padding(m, context.depthwise_multiple)})
-    padded = [_padded_width(width, context.depthwise_multiple) for width in widths]
+    multiple = context.depthwise_multiple
+    mlps = [m for m in model.modules() if _needs_padding(m, multiple)]
+    widths = sorted({m.fc1.out_features for m in mlps})
+    padded = [_padded_width(width, multiple) for width in widths]
+    cost = ""
+    if context.input_size is not None:
+        pixels = context.batch * context.input_size[0] * context.input_size[1]
+        zeros = pixels * sum(_zero_macs_per_pixel(m, multiple) for m in mlps)
+        cost = f"; +{zeros / 1e9:.2f} GMAC of zeros at {context.input_size[0]}x{context.input_size[1]}"
     return (f"HiT-SRF ConvFFN hidden width {', '.join(map(str, widths))} -> {', '.join(map(str, padded))} "
-            f"(zero channels): onnxruntime's fast int8 depthwise kernel needs a multiple of "
-            f"{context.depthwise_multiple} channels")
+            f"(zero channels): onnxruntime's fast int8 depthwise kernel needs a multiple of {multiple} "
+            f"channels{cost}")
 
 
 DEPTHWISE_PADDING = register_rewrite(Rewrite(
