@@ -26,6 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edgesr.runtimes.onnxruntime_runner import placement_from_profile  # noqa: E402 (after the path)
+
 
 def _session(ort, path: Path, threads: int, profile_prefix: str | None = None):
     options = ort.SessionOptions()
@@ -49,10 +51,7 @@ def _op_profile(ort, path: Path, batch, threads: int, folder: str) -> tuple[floa
             session.run(None, {name: batch})
         events = json.loads(Path(session.end_profiling()).read_text())
         last = [e for e in events if e.get("name") == "model_run"][-1]
-        by_type: collections.Counter = collections.Counter()
-        for event in events:
-            if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= last["ts"]:
-                by_type[event["args"]["op_name"]] += event["dur"] / 1e3
+        by_type = collections.Counter(placement_from_profile(events)["CPUExecutionProvider"]["op_ms"])
         if best is None or last["dur"] < best[0]:
             best = (last["dur"] / 1e3, by_type)
     return best

@@ -17,12 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgesr.models.hit_common import padding_to_multiple
 from edgesr.models.hit_srf import ConvFeedForward
 from edgesr.rewrite.plan import Rewrite, register_rewrite, replace_modules
-
-
-def _padded_width(channels: int, multiple: int) -> int:
-    return -(-channels // multiple) * multiple
 
 
 def _needs_padding(module: nn.Module, multiple: int) -> bool:
@@ -31,7 +28,7 @@ def _needs_padding(module: nn.Module, multiple: int) -> bool:
 
 def _padded_feed_forward(mlp: ConvFeedForward, multiple: int) -> ConvFeedForward:
     dim, hidden = mlp.fc1.in_features, mlp.fc1.out_features
-    padded = ConvFeedForward(dim, _padded_width(hidden, multiple)).to(mlp.fc1.weight)
+    padded = ConvFeedForward(dim, hidden + padding_to_multiple(hidden, multiple)).to(mlp.fc1.weight)
     depthwise, new_depthwise = mlp.dwconv.depthwise_conv[0], padded.dwconv.depthwise_conv[0]
     with torch.no_grad():
         for parameter in padded.parameters():
@@ -53,7 +50,7 @@ def pad_depthwise_channels(model: nn.Module, multiple: int) -> nn.Module:
 
 def _zero_macs_per_pixel(mlp: ConvFeedForward, multiple: int) -> int:
     """The MACs per pixel that the zero channels add (fc1 rows, fc2 columns, filters)."""
-    extra = _padded_width(mlp.fc1.out_features, multiple) - mlp.fc1.out_features
+    extra = padding_to_multiple(mlp.fc1.out_features, multiple)
     kernel = mlp.dwconv.depthwise_conv[0].kernel_size
     return extra * (2 * mlp.fc1.in_features + kernel[0] * kernel[1])
 
@@ -62,7 +59,7 @@ def _explain(model: nn.Module, context) -> str:
     multiple = context.depthwise_multiple
     mlps = [m for m in model.modules() if _needs_padding(m, multiple)]
     widths = sorted({m.fc1.out_features for m in mlps})
-    padded = [_padded_width(width, multiple) for width in widths]
+    padded = [width + padding_to_multiple(width, multiple) for width in widths]
     cost = ""
     if context.input_size is not None:
         pixels = context.batch * context.input_size[0] * context.input_size[1]
