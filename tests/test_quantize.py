@@ -187,6 +187,26 @@ def test_search_orders_by_cost_per_share_and_gives_back_what_is_not_needed():
     assert result.met and result.kept_float == ["B"] and result.final_delta_db == pytest.approx(-0.3)
 
 
+def test_search_takes_the_lightest_group_that_covers_the_shortfall():
+    """HiTNet's fused ONNX with minmax ranges: 0.002 dB short with the first, last and
+    norm-input convs in float, the order's next group was the 115 dense convs; a group a
+    fifth its size whose own cost covers the 0.002 dB meets the budget instead."""
+    from edgesr.quantize.budget import search
+
+    sizes = {"Norm": 2, "First": 1, "Last": 1, "Conv": 115, "Depthwise": 24, "Gemm": 24}
+    costs = {"Norm": 0.26, "First": 0.065, "Last": 0.057, "Conv": 0.089, "Depthwise": 0.0097, "Gemm": 0.0035}
+    groups = {name: [f"{name}{i}" for i in range(n)] for name, n in sizes.items()}
+
+    def measure(kept):
+        return 30.0 - sum(cost for name, cost in costs.items() if name not in kept)
+
+    result = search(groups, measure, float_psnr=30.0, plain_psnr=measure([]), budget_db=0.1)
+    assert [step["kept_float"] for step in result.steps][:4] == [
+        ["Norm"], ["Norm", "First"], ["Norm", "First", "Last"], ["Norm", "First", "Last", "Depthwise"]]
+    assert result.met and "Conv" not in result.kept_float
+    assert result.final_delta_db >= -0.1 and result.float_fraction < 0.2
+
+
 def test_search_gives_the_cheap_nodes_of_small_kept_groups_back_to_int8():
     """One node can carry a kept group's whole cost (HiTNet's Conv:norm-input: 0.25 and
     0.004 dB): once the budget holds, small groups are tried node by node; larger ones
