@@ -376,3 +376,39 @@ def test_range_safe_channel_norm_fits_float16():
         safe = RangeSafeChannelLayerNorm(copy.deepcopy(norm)).half()(x.half()).float()
     assert (official - reference).abs().max() > 0.5
     assert (safe - reference).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize("batch,height,width", SIZES + [(1, 13, 11)])
+def test_pointwise_as_matmul_is_exact_and_pure(model: nn.Module, batch: int, height: int, width: int) -> None:
+    """The block projections and spectral convs as left matmuls (LiteRT's float files): the
+    same output, the official state-dict keys and shapes, the input model untouched."""
+    from edgesr.rewrite.pointwise import PointwiseMatmul, pointwise_as_matmul
+
+    before = copy.deepcopy(model.state_dict())
+    base = dynamic_conv_static(fourier_as_dft(model, (height, width)), "shifted_sum")
+    rewritten = pointwise_as_matmul(base)
+    # v, proj, proj_in, proj_out and the spectral conv of every block
+    assert sum(isinstance(m, PointwiseMatmul) for m in rewritten.modules()) == 5 * SMALL["num_blocks"]
+    assert not any(isinstance(m, PointwiseMatmul) for m in base.modules())  # pure
+    assert _max_error(rewritten, model, _input(batch, height, width)) <= TOLERANCE
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    rewritten.load_state_dict(model.state_dict(), strict=True)
+
+
+def test_pointwise_as_matmul_only_for_float_tflite_files(model: nn.Module) -> None:
+    """Only LiteRT's fp32/fp16 files take it (onnxruntime runs the convs as fast; PT2E
+    quantizes convs, not matmuls with a parameter); with --fused-ops the MixFFN keeps its
+    convs beside the channels-last runtime-weight conv."""
+    from edgesr.rewrite.pointwise import PointwiseMatmul
+
+    def count(**kwargs) -> int:
+        prepared = prepare_for_export(model, **kwargs)
+        return sum(isinstance(m, PointwiseMatmul) for m in prepared.modules())
+
+    blocks = SMALL["num_blocks"]
+    assert count(target="tflite", input_size=(24, 32)) == 5 * blocks
+    assert count(target="tflite", input_size=(24, 32), precision="fp16") == 5 * blocks
+    assert count(target="tflite", input_size=(24, 32), delegate_forms=False) == 3 * blocks
+    assert count(target="tflite", input_size=(24, 32), precision="int8") == 0
+    for target in ("onnx", "coreml"):
+        assert count(target=target, input_size=(24, 32)) == 0

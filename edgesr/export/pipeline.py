@@ -152,7 +152,8 @@ def _prepare(model: nn.Module, target: str, options: ExportOptions,
     prepared = prepare_for_export(model, target=target, input_size=size,
                                   delegate_forms=delegate_forms_wanted(target, options, delegate_ready),
                                   float32_only=options.float32_only(target),
-                                  depthwise_multiple=options.depthwise_multiple(target))
+                                  depthwise_multiple=options.depthwise_multiple(target),
+                                  precision=options.precision)
     return prepared, list(getattr(prepared, "edgesr_rewrites", []) or [])
 
 

@@ -51,6 +51,15 @@ conv in 7.4 ms, but outside XNNPACK (3 partitions per pair) and outside the GPU 
 onnxruntime runs ``bank_conv`` in 54 ms, ``row_shifted_sum`` 72, ``shifted_sum`` 102,
 the runtime-weight original 12 ms.
 
+A form with fewer passes over the map was measured and not kept (2026-12-05, LiteRT
+XNNPACK, 2 threads, one dynamic conv on 1x64x256x256, 7 interleaved rounds): the mixed
+kernel spread into a block-Toeplitz matrix per channel ((k*(b+k-1), b) for column blocks
+of b pixels, a constant 0/1 expansion of the k*k taps) and applied as one batch matmul to
+the k row-shifted column windows (exact, ~8-14 map-sized writes instead of 3*k*k, one
+XNNPACK partition). 5x5: 34.7 ms (b=16), 39.9 (b=8), 53.0 (b=4) against 22.2 for
+``shifted_sum``; 7x7: 47.6 ms (b=32), 58.6 (b=16) against 41.8. XNNPACK's batch matmul with a
+runtime right operand and N = b ran at ~12 GMAC/s, too slow for the 2-4x MACs.
+
 Choice: ``bank_conv`` for ONNX and CoreML, the fastest constant-weight form in ORT and in
 eager; for CoreML a single constant depthwise conv plus one matmul maps onto the ANE's conv
 units, whereas the shifted sum is ~220 small elementwise/slice ops per block (per-op

@@ -13,7 +13,7 @@ from edgesr.models.descriptor import attach, describe
 TARGETS = ("onnx", "tflite", "coreml")
 # Modules whose import registers rewrites; imported on first use.
 REWRITE_MODULES: tuple[str, ...] = ("fourier", "dynamic_conv", "norm_range", "hit_windows", "subpixel",
-                                     "delegate_ops", "depthwise_padding")
+                                     "delegate_ops", "depthwise_padding", "pointwise")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,9 @@ class ExportContext:
     # Channel multiple for depthwise convs (>1: the int8 file for onnxruntime's CPU, whose
     # fast int8 depthwise kernel needs it; see edgesr.rewrite.depthwise_padding).
     depthwise_multiple: int = 1
+    # The file's precision (fp32, fp16, int8, w8): a form that a quantizer would leave in
+    # float is for float files only (see edgesr.rewrite.pointwise).
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,11 @@ def _registered() -> list[Rewrite]:
 
 def prepare_for_export(model: nn.Module, target: str, input_size: tuple[int, int] | None,
                        batch: int = 1, delegate_forms: bool = True, float32_only: bool = False,
-                       depthwise_multiple: int = 1) -> nn.Module:
+                       depthwise_multiple: int = 1, precision: str = "fp32") -> nn.Module:
     """The model with every rewrite this export needs; records them in ``edgesr_rewrites``."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}")
-    context = ExportContext(target, input_size, batch, delegate_forms, float32_only, depthwise_multiple)
+    context = ExportContext(target, input_size, batch, delegate_forms, float32_only, depthwise_multiple, precision)
     info = describe(model)
     applied = []
     prepared = model
