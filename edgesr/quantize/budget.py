@@ -149,7 +149,9 @@ def _next_group(remaining: Sequence[str], costs: Mapping[str, float],
     the 115 dense convs (half the MACs), where the depthwise group (a tenth of them, 0.010
     dB alone) would do."""
     following = remaining[0]
-    covering = [group for group in remaining if shortfall is not None and costs[group] >= shortfall]
+    if shortfall is None:
+        return following
+    covering = [group for group in remaining if costs[group] >= shortfall]
     if not covering:
         return following
     lightest = min(covering, key=lambda group: (weight([group]), -costs[group]))

@@ -65,9 +65,12 @@ def _channels_first(owner: nn.Module) -> bool:
                 and any(isinstance(module, DynamicDepthwiseConv2d) for module in owner.modules()))
 
 
+def _is_owner(module: nn.Module) -> bool:
+    return isinstance(module, tuple(POINTWISE_CONVS)) and _channels_first(module)
+
+
 def _owners(model: nn.Module) -> list[nn.Module]:
-    return [module for module in model.modules()
-            if isinstance(module, tuple(POINTWISE_CONVS)) and _channels_first(module)]
+    return [module for module in model.modules() if _is_owner(module)]
 
 
 def _pointwise_convs(model: nn.Module) -> list[nn.Conv2d]:
@@ -85,8 +88,7 @@ def pointwise_as_matmul(model: nn.Module) -> nn.Module:
         return owner
 
     # replace_modules deep-copies first; the owners are rebuilt in the copy.
-    return replace_modules(model, lambda module: isinstance(module, tuple(POINTWISE_CONVS))
-                           and _channels_first(module), rebuilt)
+    return replace_modules(model, _is_owner, rebuilt)
 
 
 def _applies(model: nn.Module, context: ExportContext) -> bool:
