@@ -190,6 +190,33 @@ def test_float32_only_graph_drops_the_range_scaling_and_matches(model: nn.Module
     assert ops(unscaled) < ops(scaled)
 
 
+def _aten_count(module: nn.Module, x: torch.Tensor, name: str) -> int:
+    graph = torch.export.export(module, (x,)).graph
+    return sum(1 for node in graph.nodes if node.op == "call_function" and node.target.__name__.startswith(name))
+
+
+@pytest.mark.parametrize("batch,height,width", [(1, 9, 13), (2, 5, 3), (1, 35, 21)])
+def test_float_files_fold_the_bias_and_desktop_files_take_abs(model: nn.Module, batch, height, width) -> None:
+    x = _input(batch, height, width, seed=11)
+    desktop = prepare_for_export(model, "onnx", (height, width), batch=batch, delegate_forms=False)
+    mobile = prepare_for_export(model, "tflite", (height, width), batch=batch, precision="fp16")
+    quantized = prepare_for_export(model, "tflite", (height, width), batch=batch, precision="int8")
+
+    def names(prepared: nn.Module) -> set[str]:
+        return {r["name"] for r in prepared.edgesr_rewrites}
+
+    assert {"magnitude_as_abs", "correlation_bias_in_projection"} <= names(desktop)
+    assert "magnitude_as_abs" not in names(mobile) and "correlation_bias_in_projection" in names(mobile)
+    assert not {"magnitude_as_abs", "correlation_bias_in_projection"} & names(quantized)
+    for prepared in (desktop, mobile, quantized):
+        assert _max_error(prepared, model, x) <= TOLERANCE
+    # Delegate forms keep |x| as Relus (HiT-SR has none elsewhere); the folded bias leaves
+    # out the bias product and its sum (the int8 file differs from the fp16 one only there).
+    assert _aten_count(desktop, x, "relu") == 0 < _aten_count(mobile, x, "relu")
+    assert _aten_count(mobile, x, "mul") < _aten_count(quantized, x, "mul")
+    assert _aten_count(mobile, x, "add") < _aten_count(quantized, x, "add")
+
+
 @pytest.mark.parametrize("target,precision,fused,delegate_ready,forms,float32_only,depthwise_multiple", [
     ("onnx", "fp32", False, False, False, False, 1),  # the desktop/Jetson file: fused ops, fp16-safe range
     ("onnx", "fp32", False, True, True, False, 1),  # --delegate-ready: what NNAPI / CoreML EP take whole

@@ -45,6 +45,15 @@ Rewritten block (same maths, state-dict keys unchanged, all tensors rank <= 5):
   plain graph gives NaN. Float32-only graphs (fp32 ``--fused-ops`` ONNX) leave it out
   (``correlation_range_unscaled``): on HiTNet x4 at 128x128 that file ran 1.26x faster in
   onnxruntime than with the scaling (2 threads, interleaved, AVX2 host).
+  What the scaling costs elsewhere is cut where a file allows: in float files proj's
+  bias, times 1/k, is one more column of proj's weight against the merged map's 1/k
+  channel (``correlation_bias_in_projection``: no slice of the map, no bias product and
+  sum; int8 files keep the slice, as the quantizer would give 1/k the correlations'
+  scale), and files that no delegate runs take |x| as one Abs (``magnitude_as_abs``).
+  HiTNet x4, default fp32 ONNX, onnxruntime, 2 threads, interleaved, AMD EPYC
+  (avx2/avx512f/avx512_vnni), 2026-12-06: 0.91x the time before at 128x128 (9 rounds),
+  0.93x at 256x256 (7 rounds); 1.10x the ``--fused-ops`` file's time at 256x256, from
+  1.22x. LiteRT fp32 at 128x128: the same time (330 vs 328 ms), one XNNPACK partition.
 
 Measured (HiT-SRF x4, HiTNet.pth, 1x3x128x128, ORT fp32 CPU, 2 shared cores,
 benchmarks/export_speed.py, median of 7 interleaved runs): ONNX 6.51 MB for 3.47 MB of
@@ -155,6 +164,8 @@ def merge_channels_first(windows: torch.Tensor, window: WindowSize, batch, heigh
 class FoldedNGramAttention(nn.Module):
     """HiT-SNG's ``NGramWindowAttention`` with its (heads, 4, 4) bias as a constant."""
 
+    plain_abs = False  # set by ``magnitude_as_abs``
+
     def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.num_heads = attn.num_heads
@@ -176,24 +187,26 @@ class FoldedNGramAttention(nn.Module):
         # by their peaks (floored at 1: small ones are left alone), their row maximum is
         # subtracted, and only then is the scale undone: values near the maximum come out
         # right, far ones overflow to -inf, whose exp is the 0 they round to anyway.
-        q_peak = magnitude_peak(q, (1, q.shape[-1])).clamp_min(1.0)  # (n, heads, length, 1)
-        k_peak = magnitude_peak(k, tuple(k.shape[-2:])).clamp_min(1.0)  # (n, heads, 1, 1)
+        q_peak = magnitude_peak(q, (1, q.shape[-1]), self.plain_abs).clamp_min(1.0)  # (n, heads, length, 1)
+        k_peak = magnitude_peak(k, tuple(k.shape[-2:]), self.plain_abs).clamp_min(1.0)  # (n, heads, 1, 1)
         logits = (q / q_peak * self.scale) @ (k / k_peak).transpose(-2, -1) + self.bias / q_peak / k_peak
         logits = logits - F.max_pool2d(logits, (1, length), (1, length))
         attn = (logits * q_peak * k_peak).softmax(dim=-1)
         return self.proj((attn @ v).transpose(1, 2).reshape(n, length, channels))
 
 
-def magnitude(x: torch.Tensor) -> torch.Tensor:
-    """|x| as relu(x) + relu(-x): CoreML's ML program EP has no Abs."""
-    return F.relu(x) + F.relu(x * -1.0)
+def magnitude(x: torch.Tensor, plain_abs: bool = False) -> torch.Tensor:
+    """|x|: one Abs where every runtime of the file has it (``plain_abs``, see
+    ``magnitude_as_abs``), else relu(x) + relu(-x), as onnxruntime's CoreML ML program EP
+    has no Abs."""
+    return x.abs() if plain_abs else F.relu(x) + F.relu(x * -1.0)
 
 
-def magnitude_peak(x: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+def magnitude_peak(x: torch.Tensor, window: tuple[int, int], plain_abs: bool = False) -> torch.Tensor:
     """Largest |x| over each ``window`` of the last two axes, by max pooling: NNAPI has
     no ReduceMax."""
     # stride given: coremltools' frontend wants it as an explicit argument
-    return F.max_pool2d(magnitude(x), window, window)
+    return F.max_pool2d(magnitude(x, plain_abs), window, window)
 
 
 class FoldedCorrelation(nn.Module):
@@ -222,6 +235,9 @@ class FoldedCorrelation(nn.Module):
         self.register_buffer("one", torch.ones(()), persistent=False)
         # Cleared by ``correlation_range_unscaled`` for float32-only graphs.
         self.range_scaled = True
+        # Set by ``correlation_bias_in_projection`` in float files.
+        self.bias_in_projection = False
+        self.plain_abs = False  # set by ``magnitude_as_abs``
         self.ngram = hasattr(correlation, "ngram_window_partition")
         if self.ngram:
             self.ngram_window_partition = correlation.ngram_window_partition
@@ -303,11 +319,13 @@ class FoldedCorrelation(nn.Module):
         if not self.range_scaled:
             return self.proj(merged), None
         inv_k = merged[..., -1:]
+        if self.bias_in_projection:  # 1/k is the last channel: W @ y + b / k in one matmul
+            return F.linear(merged, torch.cat([self.proj.weight, self.proj.bias[:, None]], 1)), inv_k
         return F.linear(merged[..., :-1], self.proj.weight) + self.proj.bias * inv_k, inv_k
 
     def window_peak(self, qv: torch.Tensor) -> torch.Tensor:
         """Largest |qv| of each window, ``(n, 1, 1)`` in ``partition``'s window order."""
-        per_channel = magnitude_peak(qv, self.window_size)  # (B, C, nh, nw)
+        per_channel = magnitude_peak(qv, self.window_size, self.plain_abs)  # (B, C, nh, nw)
         batch, channels, rows, cols = per_channel.shape
         peak = F.max_pool2d(per_channel.reshape(batch, 1, channels, rows * cols), (channels, 1), (channels, 1))
         return peak.reshape(-1, 1, 1)
@@ -330,7 +348,7 @@ def rms(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return torch.sqrt((scaled * scaled).mean(dim=dims, keepdim=True)) * 64.0
 
 
-def rescaled_norm(norm: nn.Module, y: torch.Tensor, inv_k: torch.Tensor) -> torch.Tensor:
+def rescaled_norm(norm: nn.Module, y: torch.Tensor, inv_k: torch.Tensor, plain_abs: bool = False) -> torch.Tensor:
     """``norm(y / inv_k)`` computed from ``y`` (already divided by k): LayerNorm over the
     last axis is scale-free except for eps, which is scaled by ``inv_k**2`` here.
     ``norm`` is an ``nn.LayerNorm`` or anything with its ``weight``, ``bias`` and ``eps``.
@@ -342,7 +360,7 @@ def rescaled_norm(norm: nn.Module, y: torch.Tensor, inv_k: torch.Tensor) -> torc
     """
     centred = y - y.mean(dim=-1, keepdim=True)
     # 2**-24, the least float16 > 0: a row with no deviation at all gives 0, not 0/0.
-    spread = magnitude(centred).mean(dim=-1, keepdim=True).clamp_min(2.0**-24)
+    spread = magnitude(centred, plain_abs).mean(dim=-1, keepdim=True).clamp_min(2.0**-24)
     unit = centred / spread
     # eps, in units of the spread; inf when the spread is negligible against eps, and then
     # the output is 0, which is what the exact value rounds to.
@@ -363,6 +381,7 @@ class _FoldedBlock(nn.Module):
 
     # Whether the correlation's output must be cropped back (always, for any size).
     crop = True
+    plain_abs = False  # set by ``magnitude_as_abs``
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -371,7 +390,8 @@ class _FoldedBlock(nn.Module):
         height, width = x.shape[1:3]
         padded = self.pad(x.permute(0, 3, 1, 2))
         correlated, inv_k = self.correlation(padded, height, width, runtime_zero(x), self.crop)
-        x = x + (self.norm1(correlated) if inv_k is None else rescaled_norm(self.norm1, correlated, inv_k))
+        x = x + (self.norm1(correlated) if inv_k is None
+                 else rescaled_norm(self.norm1, correlated, inv_k, self.plain_abs))
         return x + self.norm2(self.mlp(x))
 
 
@@ -475,5 +495,60 @@ CORRELATION_RANGE_UNSCALED = register_rewrite(
             "HiT-SR correlation without the float16/int8 range scaling: this fp32 --fused-ops "
             "file computes in float32, where the unscaled values (up to ~1e12) fit; not for "
             "float16 runtimes such as TensorRT with --trt-fp16"),
+    )
+)
+
+
+
+def correlation_bias_in_projection(model: nn.Module) -> nn.Module:
+    """A copy of a folded HiT-SR ``model`` whose range-scaled correlations apply proj's
+    bias, scaled by 1/k, as one more column of proj's weight against the merged map's 1/k
+    channel: no slice of the map, no bias product and sum."""
+
+    def make(module: FoldedCorrelation) -> FoldedCorrelation:
+        module.bias_in_projection = True  # on replace_modules' copy
+        return module
+
+    return replace_modules(model, _is_range_scaled, make)
+
+
+def _is_range_scaled(module: nn.Module) -> bool:
+    return isinstance(module, FoldedCorrelation) and module.range_scaled
+
+
+CORRELATION_BIAS_IN_PROJECTION = register_rewrite(
+    Rewrite(
+        name="correlation_bias_in_projection",
+        description="HiT-SR correlation: proj's bias times 1/k as a column of proj's weight (float files)",
+        # Not in int8 files: the quantizer would give 1/k the scale of the correlations.
+        applies=lambda model, context: context.precision in ("fp32", "fp16")
+        and any(map(_is_range_scaled, model.modules())),
+        apply=lambda model, context: correlation_bias_in_projection(model),
+    )
+)
+
+
+def magnitude_as_abs(model: nn.Module) -> nn.Module:
+    """A copy of a folded HiT-SR ``model`` whose |x| (range peaks, ``rescaled_norm``'s
+    spread) is one Abs instead of two Relus, a Mul and an Add."""
+
+    def make(module: nn.Module) -> nn.Module:
+        module.plain_abs = True  # on replace_modules' copy
+        return module
+
+    return replace_modules(model, _takes_magnitude, make)
+
+
+def _takes_magnitude(module: nn.Module) -> bool:
+    return isinstance(module, (FoldedNGramAttention, FoldedCorrelation, _FoldedBlock))
+
+
+MAGNITUDE_AS_ABS = register_rewrite(
+    Rewrite(
+        name="magnitude_as_abs",
+        description="HiT-SR: |x| as Abs (files that no delegate runs)",
+        # Delegate forms keep relu(x) + relu(-x): onnxruntime's CoreML EP has no Abs.
+        applies=lambda model, context: not context.delegate_forms and any(map(_takes_magnitude, model.modules())),
+        apply=lambda model, context: magnitude_as_abs(model),
     )
 )
