@@ -70,7 +70,7 @@ and window counts in the graph for dynamic-shape ONNX.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -220,6 +220,8 @@ class FoldedCorrelation(nn.Module):
     (``runtime_zero``).
     """
 
+    plain_abs = False  # set by ``magnitude_as_abs``
+
     def __init__(self, correlation: SpatialChannelCorrelation) -> None:
         super().__init__()
         self.num_heads = correlation.num_heads
@@ -237,7 +239,6 @@ class FoldedCorrelation(nn.Module):
         self.range_scaled = True
         # Set by ``correlation_bias_in_projection`` in float files.
         self.bias_in_projection = False
-        self.plain_abs = False  # set by ``magnitude_as_abs``
         self.ngram = hasattr(correlation, "ngram_window_partition")
         if self.ngram:
             self.ngram_window_partition = correlation.ngram_window_partition
@@ -476,12 +477,17 @@ def correlation_range_unscaled(model: nn.Module) -> nn.Module:
     """A copy of a folded HiT-SR ``model`` whose correlations skip the float16/int8 range
     scaling: the same values in float32 without a fifth of the graph's elementwise ops,
     and a plain ``norm1`` that onnxruntime fuses into one LayerNormalization."""
+    return _with_flag(model, lambda module: isinstance(module, FoldedCorrelation), "range_scaled", False)
 
-    def make(module: FoldedCorrelation) -> FoldedCorrelation:
-        module.range_scaled = False  # on replace_modules' copy
+
+def _with_flag(model: nn.Module, match: Callable[[nn.Module], bool], flag: str, value: bool) -> nn.Module:
+    """A copy of ``model`` with ``flag`` set to ``value`` on every submodule that ``match``es."""
+
+    def make(module: nn.Module) -> nn.Module:
+        setattr(module, flag, value)  # on replace_modules' copy
         return module
 
-    return replace_modules(model, lambda module: isinstance(module, FoldedCorrelation), make)
+    return replace_modules(model, match, make)
 
 
 CORRELATION_RANGE_UNSCALED = register_rewrite(
@@ -499,17 +505,12 @@ CORRELATION_RANGE_UNSCALED = register_rewrite(
 )
 
 
-
 def correlation_bias_in_projection(model: nn.Module) -> nn.Module:
     """A copy of a folded HiT-SR ``model`` whose range-scaled correlations apply proj's
     bias, scaled by 1/k, as one more column of proj's weight against the merged map's 1/k
     channel: no slice of the map, no bias product and sum."""
 
-    def make(module: FoldedCorrelation) -> FoldedCorrelation:
-        module.bias_in_projection = True  # on replace_modules' copy
-        return module
-
-    return replace_modules(model, _is_range_scaled, make)
+    return _with_flag(model, _is_range_scaled, "bias_in_projection", True)
 
 
 def _is_range_scaled(module: nn.Module) -> bool:
@@ -532,11 +533,7 @@ def magnitude_as_abs(model: nn.Module) -> nn.Module:
     """A copy of a folded HiT-SR ``model`` whose |x| (range peaks, ``rescaled_norm``'s
     spread) is one Abs instead of two Relus, a Mul and an Add."""
 
-    def make(module: nn.Module) -> nn.Module:
-        module.plain_abs = True  # on replace_modules' copy
-        return module
-
-    return replace_modules(model, _takes_magnitude, make)
+    return _with_flag(model, _takes_magnitude, "plain_abs", True)
 
 
 def _takes_magnitude(module: nn.Module) -> bool:
