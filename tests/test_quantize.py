@@ -591,3 +591,35 @@ def test_calibration_frees_each_tensor_after_its_reduction(tmp_path):
     grown_mb = float(result.stdout.split()[-1])
     assert grown_mb < 100, f"calibration grew the process by {grown_mb:.0f} MB"
     assert (tmp_path / "calibration.json").exists()
+
+
+def test_zero_weights_of_a_padded_conv_are_not_counted_as_macs(data, tmp_path):
+    from edgesr.calibration import load_calibration
+    from edgesr.export.base import ExportOptions
+    from edgesr.export.onnx_target import OnnxTarget
+    from edgesr.quantize.onnx_quant import COMPUTE_OPS, OnnxQuantizer
+
+    class PaddedDepthwise(nn.Module):  # 8 real channels padded to 16, as depthwise_padding does
+        def __init__(self):
+            super().__init__()
+            self.expand = nn.Conv2d(3, 16, 1)
+            self.depthwise = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.reduce = nn.Conv2d(16, 3, 1)
+            with torch.no_grad():
+                for conv in (self.expand, self.depthwise):
+                    conv.weight[8:] = 0
+                self.reduce.weight[:, 8:] = 0
+
+        def forward(self, x):
+            return self.reduce(self.depthwise(self.expand(x)))
+
+    float_path = tmp_path / "padded.onnx"
+    with torch.no_grad():
+        OnnxTarget().convert(PaddedDepthwise().eval(), torch.rand(1, 3, *SIZE), ExportOptions(input_size=SIZE),
+                             float_path)
+    quantizer = OnnxQuantizer(float_path, tmp_path / "work", load_calibration(data["calib"], SIZE, count=2, holdout=0),
+                              op_types=COMPUTE_OPS)
+    weights = {n.name: n.input[1].split(".")[0] for n in quantizer.model.graph.node if n.op_type == "Conv"}
+    macs = {weights[n]: count for n, count in quantizer.node_macs().items()}
+    pixels = SIZE[0] * SIZE[1]
+    assert macs == {"expand": pixels * 8 * 3, "depthwise": pixels * 8 * 9, "reduce": pixels * 3 * 8}

@@ -85,6 +85,16 @@ def _fuse_gelus(path: Path) -> None:
 DEPTHWISE_GROUP_MULTIPLE = 16
 
 
+def _dense_macs(node, data: list[int], weight: list[int], output: list[int]) -> int:
+    if node.op_type == "Conv":  # each output takes (C_in / groups) * kH * kW
+        return math.prod(output) * math.prod(weight[1:])
+    if node.op_type == "ConvTranspose":  # each input feeds (C_out / groups) * kH * kW
+        return math.prod(data) * math.prod(weight[1:])
+    # MatMul, Gemm: the reduced axis is the first input's last (first if transA)
+    transposed = any(a.name == "transA" and a.i for a in node.attribute)
+    return math.prod(output) * (data[0] if transposed else data[-1])
+
+
 class OnnxQuantizer:
     """One float ONNX graph, pre-processed and calibrated once; ``quantize(keep_float)`` many times.
 
@@ -205,11 +215,17 @@ class OnnxQuantizer:
 
     def node_macs(self) -> dict[str, int]:
         """Multiply-accumulates of each compute node (``COMPUTE_OPS``), from the shapes
-        that the pre-processing inferred (0 where a shape is unknown, e.g. --dynamic)."""
+        that the pre-processing inferred (0 where a shape is unknown, e.g. --dynamic).
+        A constant weight's zeros do no work and are not counted: the zero channels of the
+        depthwise padding (``edgesr.rewrite.depthwise_padding``) would otherwise count as
+        int8 MACs (a trained weight has no exact zeros)."""
+        from onnx import numpy_helper
+
         graph = self.model.graph
         shapes = {info.name: [dim.dim_value for dim in info.type.tensor_type.shape.dim]
                   for info in (*graph.value_info, *graph.input, *graph.output)}
         shapes.update({tensor.name: list(tensor.dims) for tensor in graph.initializer})
+        constants = {tensor.name: tensor for tensor in graph.initializer}
         macs = {}
         for node in graph.node:
             if node.op_type not in COMPUTE_OPS:
@@ -217,13 +233,11 @@ class OnnxQuantizer:
             data, weight, output = (shapes.get(name) for name in (node.input[0], node.input[1], node.output[0]))
             if not (data and weight and output) or 0 in (*data, *weight, *output):
                 macs[node.name] = 0
-            elif node.op_type == "Conv":  # each output takes (C_in / groups) * kH * kW
-                macs[node.name] = math.prod(output) * math.prod(weight[1:])
-            elif node.op_type == "ConvTranspose":  # each input feeds (C_out / groups) * kH * kW
-                macs[node.name] = math.prod(data) * math.prod(weight[1:])
-            else:  # MatMul, Gemm: the reduced axis is the first input's last (first if transA)
-                transposed = any(a.name == "transA" and a.i for a in node.attribute)
-                macs[node.name] = math.prod(output) * (data[0] if transposed else data[-1])
+            else:
+                macs[node.name] = _dense_macs(node, data, weight, output)
+                if node.input[1] in constants:  # every weight entry is used equally often
+                    values = numpy_helper.to_array(constants[node.input[1]])
+                    macs[node.name] = macs[node.name] * int(np.count_nonzero(values)) // max(1, values.size)
         return macs
 
     def calibrate(self) -> None:
