@@ -509,7 +509,6 @@ def correlation_bias_in_projection(model: nn.Module) -> nn.Module:
     """A copy of a folded HiT-SR ``model`` whose range-scaled correlations apply proj's
     bias, scaled by 1/k, as one more column of proj's weight against the merged map's 1/k
     channel: no slice of the map, no bias product and sum."""
-
     return _with_flag(model, _is_range_scaled, "bias_in_projection", True)
 
 
@@ -522,8 +521,7 @@ CORRELATION_BIAS_IN_PROJECTION = register_rewrite(
         name="correlation_bias_in_projection",
         description="HiT-SR correlation: proj's bias times 1/k as a column of proj's weight (float files)",
         # Not in int8 files: the quantizer would give 1/k the scale of the correlations.
-        applies=lambda model, context: context.precision in ("fp32", "fp16")
-        and any(map(_is_range_scaled, model.modules())),
+        applies=lambda model, context: context.float_precision and any(map(_is_range_scaled, model.modules())),
         apply=lambda model, context: correlation_bias_in_projection(model),
     )
 )
@@ -532,7 +530,6 @@ CORRELATION_BIAS_IN_PROJECTION = register_rewrite(
 def magnitude_as_abs(model: nn.Module) -> nn.Module:
     """A copy of a folded HiT-SR ``model`` whose |x| (range peaks, ``rescaled_norm``'s
     spread) is one Abs instead of two Relus, a Mul and an Add."""
-
     return _with_flag(model, _takes_magnitude, "plain_abs", True)
 
 

@@ -33,8 +33,13 @@ class ExportContext:
     # fast int8 depthwise kernel needs it; see edgesr.rewrite.depthwise_padding).
     depthwise_multiple: int = 1
     # The file's precision (fp32, fp16, int8, w8): a form that a quantizer would leave in
-    # float is for float files only (see edgesr.rewrite.pointwise).
+    # float or quantize badly is for float files only (see edgesr.rewrite.pointwise).
     precision: str = "fp32"
+
+    @property
+    def float_precision(self) -> bool:
+        """Whether weights and activations stay float (fp32, fp16): no quantizer sees the graph."""
+        return self.precision in ("fp32", "fp16")
 
 
 @dataclass(frozen=True)

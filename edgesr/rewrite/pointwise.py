@@ -73,18 +73,19 @@ def _owners(model: nn.Module) -> list[nn.Module]:
     return [module for module in model.modules() if _is_owner(module)]
 
 
+def _pointwise_names(owner: nn.Module) -> list[str]:
+    return [name for name in POINTWISE_CONVS[type(owner)] if _is_pointwise(getattr(owner, name))]
+
+
 def _pointwise_convs(model: nn.Module) -> list[nn.Conv2d]:
-    return [conv for owner in _owners(model) for name in POINTWISE_CONVS[type(owner)]
-            if _is_pointwise(conv := getattr(owner, name))]
+    return [getattr(owner, name) for owner in _owners(model) for name in _pointwise_names(owner)]
 
 
 def pointwise_as_matmul(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose SRConvNet block projections and spectral convs are matmuls."""
     def rebuilt(owner: nn.Module) -> nn.Module:
-        for name in POINTWISE_CONVS[type(owner)]:
-            conv = getattr(owner, name)
-            if _is_pointwise(conv):
-                setattr(owner, name, PointwiseMatmul(conv))
+        for name in _pointwise_names(owner):
+            setattr(owner, name, PointwiseMatmul(getattr(owner, name)))
         return owner
 
     # replace_modules deep-copies first; the owners are rebuilt in the copy.
@@ -92,7 +93,7 @@ def pointwise_as_matmul(model: nn.Module) -> nn.Module:
 
 
 def _applies(model: nn.Module, context: ExportContext) -> bool:
-    return (context.target == "tflite" and context.precision in ("fp32", "fp16")
+    return (context.target == "tflite" and context.float_precision
             and context.input_size is not None and bool(_pointwise_convs(model)))
 
 
