@@ -217,6 +217,29 @@ def test_float_files_fold_the_bias_and_desktop_files_take_abs(model: nn.Module, 
     assert _aten_count(mobile, x, "add") < _aten_count(quantized, x, "add")
 
 
+@pytest.mark.parametrize("batch,height,width", [(1, 9, 13), (2, 5, 3), (1, 35, 21)])
+def test_onnx_float_files_run_the_srf_feed_forward_channels_first(batch, height, width) -> None:
+    """fc1/fc2 as 1x1 convs on the NCHW map (``hit_ffn``): exact, fixed-size and any-size,
+    in the desktop ONNX float files and in no other."""
+    torch.manual_seed(0)
+    model = _perturbed(create("hit-srf", 4, **SMALL))
+    blocks = sum(isinstance(m, HierarchicalTransformerBlock) for m in model.modules())
+    x = _input(batch, height, width, seed=5)
+    baseline = prepare_for_export(model, "tflite", (height, width), batch=batch, precision="fp32")
+    for size, precision in [((height, width), "fp32"), ((height, width), "fp16"), (None, "fp32")]:
+        prepared = prepare_for_export(model, "onnx", size, batch=batch, delegate_forms=False, precision=precision)
+        assert "conv_ffn_channels_first" in {r["name"] for r in prepared.edgesr_rewrites}
+        assert _max_error(prepared, model, x) <= TOLERANCE
+    # Each block's fc1 and fc2 are convs now: two linears fewer, two convs more.
+    assert _aten_count(baseline, x, "linear") - _aten_count(prepared, x, "linear") == 2 * blocks
+    assert _aten_count(prepared, x, "conv2d") - _aten_count(baseline, x, "conv2d") == 2 * blocks
+    for target, precision, forms in [("onnx", "fp32", True), ("onnx", "int8", False), ("tflite", "fp32", False),
+                                     ("coreml", "fp32", True)]:
+        other = prepare_for_export(model, target, (height, width), batch=batch, delegate_forms=forms,
+                                   precision=precision)
+        assert "conv_ffn_channels_first" not in {r["name"] for r in other.edgesr_rewrites}
+
+
 @pytest.mark.parametrize("target,precision,fused,delegate_ready,forms,float32_only,depthwise_multiple", [
     ("onnx", "fp32", False, False, False, False, 1),  # the desktop/Jetson file: fused ops, fp16-safe range
     ("onnx", "fp32", False, True, True, False, 1),  # --delegate-ready: what NNAPI / CoreML EP take whole

@@ -13,7 +13,7 @@ from edgesr.models.descriptor import attach, describe
 TARGETS = ("onnx", "tflite", "coreml")
 # Modules whose import registers rewrites; imported on first use.
 REWRITE_MODULES: tuple[str, ...] = ("fourier", "dynamic_conv", "norm_range", "hit_windows", "subpixel",
-                                     "delegate_ops", "depthwise_padding", "pointwise")
+                                     "delegate_ops", "depthwise_padding", "pointwise", "hit_ffn")
 
 
 @dataclass(frozen=True)
