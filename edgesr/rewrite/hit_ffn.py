@@ -7,17 +7,18 @@ block's width) into NCHWc and back (ReorderInput / ReorderOutput). With fc1 and 
 1x1 convs on the NCHW map the whole network stays in NCHWc: the layout changes move to
 its 60-channel input and output, and the 1x1 convs run on onnxruntime's NCHWc kernels.
 
-Measured (2026-12-06, HiTNet x4 at 128x128, AMD EPYC avx2/avx512f/avx512_vnni,
-onnxruntime 1.31 CPU, 2 threads, 9 interleaved rounds): the ``--fused-ops`` file
-1.10x faster, the default file 1.17x; kernel time in Reorder ops 66 -> 37 ms and 55 ->
-35 ms; at 256x256 (7 rounds, edgesr's runner options) 1.17x and 1.10x. Desktop ONNX
-float files only. Not delegate forms (``--delegate-ready``, fp16): their GELU is
-elementary ops (``delegate_ops``) that the NCHWc layout does not pass through, so
-onnxruntime's CPU reorders around each of them (0.96x the time before at 128x128; the
-NNAPI / CoreML verdicts were the same either way). Not TFLite, whose convs are channels
-last: there the tokens' matmuls are the form without transposes. Not CoreML (not
-measured). Not int8, whose quantized groups and budget searches are built around the
-Gemm layers.
+Measured (2026-12-06, HiTNet x4, AMD EPYC avx2/avx512f/avx512_vnni, onnxruntime 1.31
+CPU, 2 threads, old and new file interleaved): the ``--fused-ops`` file 1.10x faster at
+128x128 (9 rounds) and 1.16-1.17x at 256x256 (7 and 11 rounds), the default file 1.17x
+and 1.10-1.11x; kernel time in Reorder ops at 128x128 66 -> 37 ms and 55 -> 35 ms (see
+docs/performance.md). Desktop ONNX float files only. Not delegate forms
+(``--delegate-ready``, fp16 files without ``--fused-ops``): their GELU is elementary ops
+(``delegate_ops``) that the NCHWc layout does not pass through, so onnxruntime's CPU
+reorders around each of them (0.96x the time before at 128x128; the NNAPI / CoreML
+verdicts were the same either way). Not TFLite, whose convs are channels last: there the
+tokens' matmuls are the form without transposes. Not CoreML (not measured). Not int8: a
+plain int8 ``--fused-ops`` file with fc1/fc2 as QLinearConv ran 0.93x its own fp32 graph,
+1.31x with the Gemms.
 """
 from __future__ import annotations
 
