@@ -65,6 +65,11 @@ def _input(batch: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
     return torch.rand(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
 
 
+def _applied(prepared: nn.Module) -> set[str]:
+    """The names of the rewrites ``prepare_for_export`` applied."""
+    return {r["name"] for r in prepared.edgesr_rewrites}
+
+
 def _max_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     with torch.no_grad():
         return (a(x) - b(x)).abs().max().item()
@@ -159,14 +164,14 @@ def test_rewrites_are_pure(model: nn.Module) -> None:
 @pytest.mark.parametrize("target", ["onnx", "tflite", "coreml"])
 def test_prepare_for_export_picks_hit_windows(model: nn.Module, target: str) -> None:
     fixed = prepare_for_export(model, target, (9, 13))
-    assert "hit_windows" in [r["name"] for r in fixed.edgesr_rewrites]
+    assert "hit_windows" in _applied(fixed)
     blocks = [m for m in fixed.modules() if isinstance(m, (FixedSizeBlock, AnySizeBlock))]
     assert blocks and all(isinstance(b, FixedSizeBlock) and b.size == (9, 13) for b in blocks)
     if target == "onnx":
         # With the delegate rewrites that run after it, the prepared model still matches.
         assert _max_error(fixed, model, _input(1, 9, 13)) <= TOLERANCE
         dynamic = prepare_for_export(model, target, None)
-        assert "hit_windows" in [r["name"] for r in dynamic.edgesr_rewrites]
+        assert "hit_windows" in _applied(dynamic)
         assert any(isinstance(m, AnySizeBlock) for m in dynamic.modules())
         assert not any(isinstance(m, FixedSizeBlock) for m in dynamic.modules())
 
@@ -177,8 +182,8 @@ def test_float32_only_graph_drops_the_range_scaling_and_matches(model: nn.Module
     scaled = prepare_for_export(model, "onnx", (height, width), batch=batch, delegate_forms=False)
     unscaled = prepare_for_export(model, "onnx", (height, width), batch=batch, delegate_forms=False,
                                   float32_only=True)
-    assert "correlation_range_unscaled" not in [r["name"] for r in scaled.edgesr_rewrites]
-    assert "correlation_range_unscaled" in [r["name"] for r in unscaled.edgesr_rewrites]
+    assert "correlation_range_unscaled" not in _applied(scaled)
+    assert "correlation_range_unscaled" in _applied(unscaled)
     correlations = [m for m in unscaled.modules() if isinstance(m, FoldedCorrelation)]
     assert correlations and not any(m.range_scaled for m in correlations)
     assert all(m.range_scaled for m in scaled.modules() if isinstance(m, FoldedCorrelation))
@@ -202,12 +207,9 @@ def test_float_files_fold_the_bias_and_desktop_files_take_abs(model: nn.Module, 
     mobile = prepare_for_export(model, "tflite", (height, width), batch=batch, precision="fp16")
     quantized = prepare_for_export(model, "tflite", (height, width), batch=batch, precision="int8")
 
-    def names(prepared: nn.Module) -> set[str]:
-        return {r["name"] for r in prepared.edgesr_rewrites}
-
-    assert {"magnitude_as_abs", "correlation_bias_in_projection"} <= names(desktop)
-    assert "magnitude_as_abs" not in names(mobile) and "correlation_bias_in_projection" in names(mobile)
-    assert not {"magnitude_as_abs", "correlation_bias_in_projection"} & names(quantized)
+    assert {"magnitude_as_abs", "correlation_bias_in_projection"} <= _applied(desktop)
+    assert "magnitude_as_abs" not in _applied(mobile) and "correlation_bias_in_projection" in _applied(mobile)
+    assert not {"magnitude_as_abs", "correlation_bias_in_projection"} & _applied(quantized)
     for prepared in (desktop, mobile, quantized):
         assert _max_error(prepared, model, x) <= TOLERANCE
     # Delegate forms keep |x| as Relus (HiT-SR has none elsewhere); the folded bias leaves
@@ -228,7 +230,7 @@ def test_onnx_float_files_run_the_srf_feed_forward_channels_first(batch, height,
     baseline = prepare_for_export(model, "tflite", (height, width), batch=batch, precision="fp32")
     for size, precision in [((height, width), "fp32"), ((height, width), "fp16"), (None, "fp32")]:
         prepared = prepare_for_export(model, "onnx", size, batch=batch, delegate_forms=False, precision=precision)
-        assert "conv_ffn_channels_first" in {r["name"] for r in prepared.edgesr_rewrites}
+        assert "conv_ffn_channels_first" in _applied(prepared)
         assert _max_error(prepared, model, x) <= TOLERANCE
     # Each block's fc1 and fc2 are convs now: two linears fewer, two convs more.
     assert _aten_count(baseline, x, "linear") - _aten_count(prepared, x, "linear") == 2 * blocks
@@ -237,7 +239,7 @@ def test_onnx_float_files_run_the_srf_feed_forward_channels_first(batch, height,
                                      ("coreml", "fp32", True)]:
         other = prepare_for_export(model, target, (height, width), batch=batch, delegate_forms=forms,
                                    precision=precision)
-        assert "conv_ffn_channels_first" not in {r["name"] for r in other.edgesr_rewrites}
+        assert "conv_ffn_channels_first" not in _applied(other)
 
 
 @pytest.mark.parametrize("target,precision,fused,delegate_ready,forms,float32_only,depthwise_multiple", [
@@ -292,10 +294,9 @@ def test_depthwise_channel_padding_only_for_the_cpu_int8_file() -> None:
     cpu_int8 = prepare_for_export(model, "onnx", (16, 16), delegate_forms=False, float32_only=True,
                                   depthwise_multiple=16)
     plain = prepare_for_export(model, "onnx", (16, 16), delegate_forms=False, float32_only=True)
-    names = [r["name"] for r in cpu_int8.edgesr_rewrites]
-    assert "depthwise_channel_padding" in names
+    assert "depthwise_channel_padding" in _applied(cpu_int8)
     assert "24 -> 32" in next(r["note"] for r in cpu_int8.edgesr_rewrites if r["name"] == "depthwise_channel_padding")
-    assert "depthwise_channel_padding" not in [r["name"] for r in plain.edgesr_rewrites]
+    assert "depthwise_channel_padding" not in _applied(plain)
 
 
 def test_full_size_hitsrf_parity() -> None:

@@ -224,8 +224,8 @@ class OnnxQuantizer:
         graph = self.model.graph
         shapes = {info.name: [dim.dim_value for dim in info.type.tensor_type.shape.dim]
                   for info in (*graph.value_info, *graph.input, *graph.output)}
-        shapes.update({tensor.name: list(tensor.dims) for tensor in graph.initializer})
         constants = {tensor.name: tensor for tensor in graph.initializer}
+        shapes.update({name: list(tensor.dims) for name, tensor in constants.items()})
         macs = {}
         for node in graph.node:
             if node.op_type not in COMPUTE_OPS:
