@@ -60,11 +60,14 @@ def test_dft_unit_matches_fourier_unit(size: tuple[int, int]) -> None:
             assert error <= 2e-6 * scale, (type(rewritten).__name__, size, error, scale)
 
 
-@pytest.mark.parametrize("size", [(9, 7), (12, 10), (13, 13), (15, 8), (33, 35), (48, 64), (64, 48), (128, 20)])
+@pytest.mark.parametrize("size", [(9, 7), (12, 10), (13, 13), (15, 8), (33, 35), (48, 64), (64, 48), (128, 20),
+                                  (7, 68), (9, 200), (12, 128)])
 @pytest.mark.parametrize("form", ["chosen", "plain"])
 def test_mixed_radix_and_plain_forms_match_fourier_unit(size: tuple[int, int], form: str) -> None:
-    """Every H split of the mixed-radix DFT (and the one-stage form) equals rfft2/irfft2:
-    composite H (two stages, twiddles folded), prime H (one stage), odd/even W, batch 2."""
+    """Every H split of the mixed-radix DFT, with every number of W halvings up to the
+    chosen one (and the one-stage form), equals rfft2/irfft2: composite H (two stages,
+    twiddles folded), prime H (one stage), odd/even W, W halved down to an odd-half rest
+    (200 -> 50), batch 2."""
     from edgesr.rewrite import dft_plan
 
     torch.manual_seed(sum(size))
@@ -73,8 +76,9 @@ def test_mixed_radix_and_plain_forms_match_fourier_unit(size: tuple[int, int], f
         unit.conv_layer.weight.copy_(torch.randn_like(unit.conv_layer.weight))
     x = torch.randn(2, 4, *size) * 10
     plan = dft_plan.choose(*size) if form == "chosen" else dft_plan.plain(*size)
-    splits = [dft_plan.Plan(size[0], size[1], outer, size[0] // outer)
-              for outer in range(2, size[0]) if size[0] % outer == 0] if form == "chosen" else [plan]
+    outers = [size[0]] + [outer for outer in range(2, size[0]) if size[0] % outer == 0]
+    splits = [dft_plan.Plan(size[0], size[1], outer, size[0] // outer, halvings)
+              for outer in outers for halvings in range(plan.halvings + 1)] if form == "chosen" else [plan]
     with torch.no_grad():
         expected = unit(x)
         scale = expected.abs().max().item()
@@ -89,14 +93,18 @@ def test_mixed_radix_is_chosen_where_it_takes_fewer_macs() -> None:
 
     assert not dft_plan.choose(13, 16).factored  # prime H: one stage
     big = dft_plan.choose(256, 256)
-    assert big.factored and big.outer * big.inner == 256
-    assert big.transform_macs() < 0.45 * dft_plan.plain(256, 256).transform_macs()
-    assert dft_plan.choose(128, 128).transform_macs() < 0.5 * dft_plan.plain(128, 128).transform_macs()
+    assert big.factored and big.outer * big.inner == 256 and big.halvings == 3 and big.rest_width == 32
+    assert big.transform_macs() < 0.2 * dft_plan.plain(256, 256).transform_macs()
+    assert dft_plan.choose(128, 128).transform_macs() < 0.25 * dft_plan.plain(128, 128).transform_macs()
+    assert sum(big.w_columns()) == big.half_width
+    # W is halved while it is a multiple of 4 and at least 64 (below, a level costs more than it saves)
+    assert [dft_plan.halvings_for(w) for w in (32, 48, 64, 66, 100, 128, 200)] == [0, 0, 1, 0, 1, 2, 2]
     # 5 N log2 N per complex transform: a 128x128 rfft2 of one channel
     assert dft_plan.fft_flops(128, 128) == pytest.approx(2.5 * 128 * 7 * 128 + 5 * 128 * 7 * 65)
 
 
-def test_dft_unit_keeps_c2r_semantics() -> None:
+@pytest.mark.parametrize("width", [8, 64])  # 64: W halved once, DC and Nyquist in the rest
+def test_dft_unit_keeps_c2r_semantics(width: int) -> None:
     # Non-zero imaginary parts in the DC and Nyquist columns (which a random conv
     # produces) are ignored by irfft2; an identity conv with no GELU would hide that.
     torch.manual_seed(0)
@@ -104,10 +112,10 @@ def test_dft_unit_keeps_c2r_semantics() -> None:
     with torch.no_grad():
         unit.conv_layer.weight.copy_(torch.randn_like(unit.conv_layer.weight))
     unit.act = nn.Identity()
-    x = torch.randn(1, 2, 6, 8)
+    x = torch.randn(1, 2, 6, width)
     with torch.no_grad():
         expected = unit(x)
-        assert (DFTFourierUnit(unit, (6, 8))(x) - expected).abs().max() < 1e-5
+        assert (DFTFourierUnit(unit, (6, width))(x) - expected).abs().max() < 1e-5
         assert (AnySizeFourierUnit(unit)(x) - expected).abs().max() < 1e-5
 
 

@@ -1,10 +1,33 @@
-"""The fixed-size 2-D real DFT of SRConvNet's Fourier unit, with a mixed-radix H axis.
+"""The fixed-size 2-D real DFT of SRConvNet's Fourier unit: W halved, H mixed radix.
 
 Forward, for x of shape (B, C, H, W), Wr = W//2 + 1 (``rfft2(x, norm="ortho")``):
 
-1. W axis (real -> half spectrum), one plain DFT matmul: ``Ar = x @ cos``,
-   ``Ai = x @ -sin``, (W, Wr) each. W is the innermost axis; a second stage on it
-   would need transposes with 8-16-float inner blocks, which onnxruntime runs at
+1. W axis (real -> half spectrum). W is the innermost axis, and every form that moved
+   data across it measured slower than it saved (below); halving does not move any.
+   With ``low`` and ``high`` the two contiguous halves of a row of length n (n a
+   multiple of 4):
+
+       X[2k]   = DFT_{n/2}(low + high)[k]
+       X[2k+1] = sum_{j < n/2} (low - high)[j] exp(-2 pi i (2k+1) j / n)
+
+   so the odd frequencies (up to n/2) are one matmul of the differences, (n/2, n/4) for
+   re and for im with the twiddles folded in, and the even ones are the same problem
+   on the sums, half as long. ``halvings_for`` repeats that while n is a multiple of 4
+   and at least 64; the rest is one plain DFT matmul, ``Ar = x @ cos``, ``Ai = x @ -sin``,
+   (rest, rest/2 + 1) each, which holds DC and Nyquist. The spectrum's W order is the
+   levels' odd frequencies, then the rest's; the unit's 1x1 conv and GELU act per
+   frequency, so the order only has to be the one the inverse reads. The inverse
+   mirrors it: the rest's C2R has period rest, each level's odd part is anti-periodic
+   over half the level, so a level's signal is ``[y + g, y - g]``. MACs per row: n^2/4 per
+   level plus rest * (rest + 2), against W * (W + 2) in one stage: at 256, 22.6 k
+   instead of 66 k (3 halvings), at 128, 6.2 k instead of 16.6 k (2). Measured
+   (2026-12-06, onnxruntime 1.31, 2 threads, AMD EPYC avx2/avx512f/avx512_vnni): one
+   unit's W stages on 64 channels 36.0 -> 29.8 ms at 256x256 and 8.3 -> 6.4 ms at
+   128x128; the whole SRConvNet x4 side by side, 1.08x faster at 256x256 (7 rounds) and
+   1.02x at 128x128 (9 rounds); exported GFLOP 100.96 -> 78.17 and 20.43 -> 17.70.
+
+   Forms measured before it and not kept (exact, but slower): a Cooley-Tukey second
+   stage on the W axis, whose digits need transposes with 8-16-float inner blocks, which onnxruntime runs at
    ~60 M floats/s (16.9 ms for 1 M floats, against 1.3 ms for a 128x128 transpose):
    slower than the MACs they save. The other way round was measured too (2026-12-04,
    one unit, C=64, 256x256, 2 threads): the plane transposed once so that W is the row
@@ -70,14 +93,31 @@ def _complex_rows(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
     return torch.cat((torch.cat((re, -im), dim=1), torch.cat((im, re), dim=1)), dim=0)
 
 
+HALVING_FLOOR = 64  # W is halved while its length is a multiple of 4 and at least this
+
+
+def halvings_for(width: int) -> int:
+    """How many times the W axis is halved (``Plan.halvings``): while the length is a
+    multiple of 4 (so that W/2's own Nyquist frequency is even and stays in the rest) and
+    at least ``HALVING_FLOOR``; below that a level saves fewer MACs than its extra ops cost
+    (one SRConvNet unit's W stages, onnxruntime, 2 threads: 128 -> 2 levels 6.4 ms, 3 levels
+    8.4 ms; 256 -> 2, 3, 4 levels 29.9, 29.8, 29.5 ms; one stage 8.3 and 36.0 ms)."""
+    levels = 0
+    while width % 4 == 0 and width >= HALVING_FLOOR:
+        width, levels = width // 2, levels + 1
+    return levels
+
+
 @dataclass(frozen=True)
 class Plan:
-    """The transform of an H x W map: H = outer * inner (inner == 1: one plain stage)."""
+    """The transform of an H x W map: H = outer * inner (inner == 1: one plain stage);
+    W halved ``halvings`` times before its last, one-stage part (0: W in one stage)."""
 
     height: int
     width: int
     outer: int
     inner: int = 1
+    halvings: int = 0
 
     @property
     def factored(self) -> bool:
@@ -87,16 +127,31 @@ class Plan:
     def half_width(self) -> int:
         return self.width // 2 + 1
 
+    @property
+    def rest_width(self) -> int:
+        """The length left for the one-stage W matmul after the halvings."""
+        return self.width >> self.halvings
+
+    def w_columns(self) -> list[int]:
+        """Frequencies of each W part in spectrum order: every halving level's odd ones,
+        then the rest's half spectrum; they sum to ``half_width``."""
+        return [(self.width >> level) // 4 for level in range(self.halvings)] + [self.rest_width // 2 + 1]
+
     def describe(self) -> str:
         split = f"H {self.height}={self.outer}x{self.inner} in two stages" if self.factored \
             else f"H {self.height} in one stage"
-        return f"{split}, W {self.width} in one stage"
+        if not self.halvings:
+            return f"{split}, W {self.width} in one stage"
+        times = "once" if self.halvings == 1 else f"{self.halvings} times"
+        return f"{split}, W {self.width} halved {times} before one stage of {self.rest_width}"
 
     def transform_macs(self) -> int:
         """Real MACs of the forward transform of one channel (the inverse costs the same)."""
-        h, w, wr = self.height, self.width, self.half_width
+        h, wr, rest = self.height, self.half_width, self.rest_width
         along_h = 4 * h * wr * (self.outer + self.inner) if self.factored else 4 * h * h * wr
-        return h * w * 2 * wr + along_h
+        # A level of length n: n/2 differences -> n/4 odd frequencies (re and im).
+        along_w = sum(((self.width >> level) // 2) ** 2 for level in range(self.halvings)) + rest * 2 * (rest // 2 + 1)
+        return h * along_w + along_h
 
     def unit_macs(self, channels: int) -> int:
         """MACs of one Fourier unit: both transforms of every channel and the 2C x 2C conv."""
@@ -104,17 +159,26 @@ class Plan:
 
     # -- constants (float64; the unit stores them as float32) -------------------------
     def matrices(self) -> dict[str, torch.Tensor]:
-        h, w, wr = self.height, self.width, self.half_width
-        rh, rw = 1.0 / math.sqrt(h), 1.0 / math.sqrt(w)
-        columns = torch.arange(wr)
-        cos_w, sin_w = _phase(torch.arange(w), columns, w, -1.0)  # (W, Wr)
-        single = (columns == 0) | (2 * columns == w)  # DC and Nyquist: no conjugate partner
+        h = self.height
+        rh, rw = 1.0 / math.sqrt(h), 1.0 / math.sqrt(self.width)
+        mats = {}
+        for level in range(self.halvings):
+            n = self.width >> level
+            odd = torch.arange(1, n // 2, 2)
+            cos_o, sin_o = _phase(torch.arange(n // 2), odd, n, -1.0)  # (n/2, n/4)
+            mats[f"fwd_w{level}_re"], mats[f"fwd_w{level}_im"] = cos_o * rw, sin_o * rw
+            # every odd frequency has a conjugate partner: weight 2
+            mats[f"inv_w{level}_re"], mats[f"inv_w{level}_im"] = cos_o.T * 2 * rw, sin_o.T * 2 * rw
+        rest = self.rest_width
+        columns = torch.arange(rest // 2 + 1)
+        cos_w, sin_w = _phase(torch.arange(rest), columns, rest, -1.0)  # (rest, rest/2 + 1)
+        single = (columns == 0) | (2 * columns == rest)  # DC and Nyquist: no conjugate partner
         weight = torch.where(single, 1.0, 2.0).to(torch.float64)[:, None]
-        mats = {
+        mats.update({
             "fwd_w_re": cos_w * rw, "fwd_w_im": sin_w * rw,
             # C2R: y = Re(Q exp(+i theta)) = Qr @ (c cos theta) + Qi @ (c sin(-theta))
             "inv_w_re": cos_w.T * weight * rw, "inv_w_im": sin_w.T * weight * rw,
-        }
+        })
         if not self.factored:
             cos_h, sin_h = _phase(torch.arange(h), torch.arange(h), h, -1.0)
             mats["fwd_h_re"] = torch.cat((cos_h, sin_h), dim=0) * rh  # rows (re/im, k), on Ar
@@ -154,7 +218,7 @@ def forward(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor], broadcast_f
     the H frequencies in the plan's digit order."""
     batch, channels, height, _ = x.shape
     wr = plan.half_width
-    ar, ai = torch.matmul(x, m["fwd_w_re"]), torch.matmul(x, m["fwd_w_im"])  # (B, C, H, Wr)
+    ar, ai = _forward_w(x, plan, m)  # (B, C, H, Wr)
     if not plan.factored:
         spectrum = torch.matmul(m["fwd_h_re"], ar) + torch.matmul(m["fwd_h_im"], ai)  # (B, C, 2H, Wr)
         return spectrum.reshape(batch, 2 * channels, height, wr)
@@ -181,14 +245,51 @@ def inverse(z: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor], broadcast_f
     else:
         q = torch.matmul(m["inv_h"], z.reshape(batch, channels, 2 * height, wr))
     q = q.reshape(batch, channels, 2 * height, wr)  # slices, not an index: CoreML's EP has no Gather
-    return torch.matmul(q[:, :, :height], m["inv_w_re"]) + torch.matmul(q[:, :, height:], m["inv_w_im"])
+    return _inverse_w(q[:, :, :height], q[:, :, height:], plan, m)
+
+
+def _forward_w(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re and Im of the half spectrum along W, the frequencies in ``Plan.w_columns`` order.
+
+    A level of length n: X[2k] is the DFT of length n/2 of ``low + high`` (the two
+    contiguous halves, which the next level takes), X[2k+1] one matmul of ``low - high``
+    with the twiddles folded in; the rest gets the plain real DFT matmul. Only slices of
+    the innermost axis and elementwise ops: no layout change."""
+    re, im = [], []
+    for level in range(plan.halvings):
+        low, high = x.chunk(2, dim=-1)
+        difference = low - high
+        re.append(torch.matmul(difference, m[f"fwd_w{level}_re"]))
+        im.append(torch.matmul(difference, m[f"fwd_w{level}_im"]))
+        x = low + high
+    re.append(torch.matmul(x, m["fwd_w_re"]))
+    im.append(torch.matmul(x, m["fwd_w_im"]))
+    return (re[0], im[0]) if len(re) == 1 else (torch.cat(re, dim=-1), torch.cat(im, dim=-1))
+
+
+def _inverse_w(qr: torch.Tensor, qi: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> torch.Tensor:
+    """C2R along W of a half spectrum in ``Plan.w_columns`` order: the rest's part has
+    period rest_width; each level's odd part g is anti-periodic over its half, so the
+    level's signal is [y + g, y - g]."""
+    if not plan.halvings:
+        return torch.matmul(qr, m["inv_w_re"]) + torch.matmul(qi, m["inv_w_im"])
+    columns = plan.w_columns()
+    re, im = qr.split(columns, dim=-1), qi.split(columns, dim=-1)
+    y = torch.matmul(re[-1], m["inv_w_re"]) + torch.matmul(im[-1], m["inv_w_im"])
+    for level in reversed(range(plan.halvings)):
+        odd = torch.matmul(re[level], m[f"inv_w{level}_re"]) + torch.matmul(im[level], m[f"inv_w{level}_im"])
+        y = torch.cat((y + odd, y - odd), dim=-1)
+    return y
 
 
 @lru_cache(maxsize=None)
 def choose(height: int, width: int) -> Plan:
-    """The H split with the fewest MACs (one stage for small or prime H)."""
-    plans = [Plan(height, width, height)]
-    plans += [Plan(height, width, outer, height // outer) for outer in range(2, height) if height % outer == 0]
+    """The H split with the fewest MACs (one stage for small or prime H), W halved
+    ``halvings_for(width)`` times."""
+    halvings = halvings_for(width)
+    plans = [Plan(height, width, height, halvings=halvings)]
+    plans += [Plan(height, width, outer, height // outer, halvings)
+              for outer in range(2, height) if height % outer == 0]
     return min(plans, key=lambda plan: (plan.transform_macs(), plan.factored))
 
 

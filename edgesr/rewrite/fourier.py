@@ -32,10 +32,11 @@ for 256x256 they total about 1.3 MB per unit.
 
 Two forms:
   * ``fourier_as_dft(model, (H, W))``: constant matrices for one feature-map size
-    (SRConvNet's blocks run at the LR input size), for fixed-size exports; the H axis
-    as mixed-radix stages (``edgesr.rewrite.dft_plan``) where that takes fewer MACs:
-    at 128x128 each transform takes 2.9 M MACs per channel instead of 6.4 M, at
-    256x256 21 M instead of 51 M.
+    (SRConvNet's blocks run at the LR input size), for fixed-size exports; the W axis
+    halved into sums and differences of contiguous halves and the H axis as
+    mixed-radix stages (``edgesr.rewrite.dft_plan``) where that takes fewer MACs: at
+    128x128 each transform takes 1.6 M MACs per channel instead of 6.4 M, at 256x256
+    10 M instead of 51 M.
   * ``fourier_any_size(model)``: the bases are built in the graph from the runtime
     H, W (cos/sin of (k*n mod N) * 2*pi/N over aranges); for dynamic-shape ONNX.
 """
@@ -194,13 +195,15 @@ def _explain(model: nn.Module, context: ExportContext) -> str:
     single, best = dft_plan.plain(h, w), dft_plan.choose(h, w)
     costs = (f"{best.transform_macs() / 1e6:.2f} M MACs per channel and transform for "
              f"{best.describe()} vs {single.transform_macs() / 1e6:.2f} M in one stage")
-    if not best.factored:
+    if not best.factored and not best.halvings:
         form = f"one plain DFT matmul per axis (the fewest MACs at this size: {costs})"
     else:
-        form = f"mixed-radix DFT matmuls, twiddles folded into the second H stage (chosen by MACs: {costs})"
-        if _broadcast_free_for(context):
-            form += "; the second stage as one matmul per digit (no BROADCAST_TO, which XNNPACK does not take)"
-    return (f"Fourier unit: rfft2/irfft2 at {h}x{w} as {form}; exact C2R (DC/Nyquist imaginary "
+        parts = ["W halved into sums and differences of contiguous halves"] if best.halvings else []
+        parts += ["H as mixed-radix matmuls, twiddles folded into the second stage"] if best.factored else []
+        form = f"{' and '.join(parts)} (chosen by MACs: {costs})"
+        if best.factored and _broadcast_free_for(context):
+            form += "; the second H stage as one matmul per digit (no BROADCAST_TO, which XNNPACK does not take)"
+    return (f"Fourier unit: rfft2/irfft2 at {h}x{w}: {form}; exact C2R (DC/Nyquist imaginary "
             f"parts ignored, Hermitian doubling)")
 
 
