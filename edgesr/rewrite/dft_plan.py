@@ -26,29 +26,29 @@ Forward, for x of shape (B, C, H, W), Wr = W//2 + 1 (``rfft2(x, norm="ortho")``)
    128x128; the whole SRConvNet x4 side by side, 1.08x faster at 256x256 (7 rounds) and
    1.02x at 128x128 (9 rounds); exported GFLOP 100.96 -> 78.17 and 20.43 -> 17.70.
 
-   Forms measured before it and not kept (exact, but slower): a Cooley-Tukey second
-   stage on the W axis, whose digits need transposes with 8-16-float inner blocks, which onnxruntime runs at
-   ~60 M floats/s (16.9 ms for 1 M floats, against 1.3 ms for a 128x128 transpose):
-   slower than the MACs they save. The other way round was measured too (2026-12-04,
-   one unit, C=64, 256x256, 2 threads): the plane transposed once so that W is the row
-   axis, W = 16x16 as two left-matmul stages (only the frequencies up to W/2 kept per
-   digit), transposed back for the H stages, and mirrored in the inverse. Exact, and 4.4x
-   fewer MACs by LiteRT's count (2.71 -> 0.61 G), but slower: onnxruntime 60-63 -> 61-76
-   ms, LiteRT 68-72 -> 93-99 ms. The one-stage W matmuls run at 68 GMAC/s in
-   onnxruntime (half of the unit's time); the factored stages' small matrices (K=16;
-   M=9, K=32 batched 1024 times) at 17-44, plus four plane transposes per unit.
-   A third form was measured on 2026-12-05 (exact, not kept): the strided W digit
-   contracted by a 1 x W1 conv dilated by W2 (no data movement), the groups k1 =
-   0..W1/2 (the rest by conjugate symmetry) through twiddled batched matmuls with the
-   groups as outer channels, the inverse ending in a dilated ConvTranspose (onnxruntime)
-   or a matmul and one transpose (LiteRT; its TRANSPOSE_CONV has no dilation). 7.8
-   instead of 21.1 M MACs per channel and transform at 256x256 (1.5 vs 2.9 at 128x128),
-   SRConvNet x4's exported GFLOP 1.29x / 1.24x PyTorch's instead of 1.76x / 1.43x; but
-   the whole model ran slower (one interleaved run each, 2 threads): onnxruntime 1245 ->
-   1505 ms at 256x256 and 297 -> 349 ms at 128x128, LiteRT 270 -> 388 ms at 128x128.
-   The groups' spectra are 8-16 columns wide, so every op after the W stage (the H
-   stages, the 1x1 conv, GELU, their layout changes) runs on narrow rows; one unit in
-   isolation had been within 5 % of the one-stage form.
+   Forms measured before it and not kept (exact, but slower): a Cooley-Tukey second stage
+   on the W axis, whose digits need transposes with 8-16-float inner blocks, which
+   onnxruntime runs at ~60 M floats/s (16.9 ms for 1 M floats, against 1.3 ms for a
+   128x128 transpose): slower than the MACs they save. The other way round was measured
+   too (2026-12-04, one unit, C=64, 256x256, 2 threads): the plane transposed once so
+   that W is the row axis, W = 16x16 as two left-matmul stages (only the frequencies up
+   to W/2 kept per digit), transposed back for the H stages, and mirrored in the inverse.
+   Exact, and 4.4x fewer MACs by LiteRT's count (2.71 -> 0.61 G), but slower: onnxruntime
+   60-63 -> 61-76 ms, LiteRT 68-72 -> 93-99 ms. The one-stage W matmuls run at 68 GMAC/s
+   in onnxruntime (half of the unit's time); the factored stages' small matrices (K=16;
+   M=9, K=32 batched 1024 times) at 17-44, plus four plane transposes per unit. A third
+   form was measured on 2026-12-05 (exact, not kept): the strided W digit contracted by a
+   1 x W1 conv dilated by W2 (no data movement), the groups k1 = 0..W1/2 (the rest by
+   conjugate symmetry) through twiddled batched matmuls with the groups as outer
+   channels, the inverse ending in a dilated ConvTranspose (onnxruntime) or a matmul and
+   one transpose (LiteRT; its TRANSPOSE_CONV has no dilation). 7.8 instead of 21.1 M MACs
+   per channel and transform at 256x256 (1.5 vs 2.9 at 128x128), SRConvNet x4's exported
+   GFLOP 1.29x / 1.24x PyTorch's instead of 1.76x / 1.43x; but the whole model ran slower
+   (one interleaved run each, 2 threads): onnxruntime 1245 -> 1505 ms at 256x256 and 297
+   -> 349 ms at 128x128, LiteRT 270 -> 388 ms at 128x128. The groups' spectra are 8-16
+   columns wide, so every op after the W stage (the H stages, the 1x1 conv, GELU, their
+   layout changes) runs on narrow rows; one unit in isolation had been within 5 % of the
+   one-stage form.
 2. H axis (complex), H = H1 * H2 (h = H2*h1 + h2, frequency k = k1 + H1*k2), Cooley-Tukey:
 
        X[k1 + H1*k2] = sum_h2 exp(-2 pi i (k1 + H1*k2) h2 / H) * sum_h1 exp(-2 pi i h1 k1 / H1) x[H2*h1 + h2]
@@ -150,7 +150,8 @@ class Plan:
         h, wr, rest = self.height, self.half_width, self.rest_width
         along_h = 4 * h * wr * (self.outer + self.inner) if self.factored else 4 * h * h * wr
         # A level of length n: n/2 differences -> n/4 odd frequencies (re and im).
-        along_w = sum(((self.width >> level) // 2) ** 2 for level in range(self.halvings)) + rest * 2 * (rest // 2 + 1)
+        halves = sum(((self.width >> level) // 2) ** 2 for level in range(self.halvings))
+        along_w = halves + rest * 2 * (rest // 2 + 1)
         return h * along_w + along_h
 
     def unit_macs(self, channels: int) -> int:
