@@ -128,6 +128,11 @@ class Plan:
         return self.width // 2 + 1
 
     @property
+    def halved_widths(self) -> list[int]:
+        """The W length at each halving level, W first."""
+        return [self.width >> level for level in range(self.halvings)]
+
+    @property
     def rest_width(self) -> int:
         """The length left for the one-stage W matmul after the halvings."""
         return self.width >> self.halvings
@@ -135,7 +140,7 @@ class Plan:
     def w_columns(self) -> list[int]:
         """Frequencies of each W part in spectrum order: every halving level's odd ones,
         then the rest's half spectrum; they sum to ``half_width``."""
-        return [(self.width >> level) // 4 for level in range(self.halvings)] + [self.rest_width // 2 + 1]
+        return [n // 4 for n in self.halved_widths] + [self.rest_width // 2 + 1]
 
     def describe(self) -> str:
         split = f"H {self.height}={self.outer}x{self.inner} in two stages" if self.factored \
@@ -150,8 +155,7 @@ class Plan:
         h, wr, rest = self.height, self.half_width, self.rest_width
         along_h = 4 * h * wr * (self.outer + self.inner) if self.factored else 4 * h * h * wr
         # A level of length n: n/2 differences -> n/4 odd frequencies (re and im).
-        halves = sum(((self.width >> level) // 2) ** 2 for level in range(self.halvings))
-        along_w = halves + rest * 2 * (rest // 2 + 1)
+        along_w = sum((n // 2) ** 2 for n in self.halved_widths) + rest * 2 * (rest // 2 + 1)
         return h * along_w + along_h
 
     def unit_macs(self, channels: int) -> int:
@@ -163,8 +167,7 @@ class Plan:
         h = self.height
         rh, rw = 1.0 / math.sqrt(h), 1.0 / math.sqrt(self.width)
         mats = {}
-        for level in range(self.halvings):
-            n = self.width >> level
+        for level, n in enumerate(self.halved_widths):
             odd = torch.arange(1, n // 2, 2)
             cos_o, sin_o = _phase(torch.arange(n // 2), odd, n, -1.0)  # (n/2, n/4)
             mats[f"fwd_w{level}_re"], mats[f"fwd_w{level}_im"] = cos_o * rw, sin_o * rw
@@ -265,7 +268,7 @@ def _forward_w(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> tuple
         x = low + high
     re.append(torch.matmul(x, m["fwd_w_re"]))
     im.append(torch.matmul(x, m["fwd_w_im"]))
-    return (re[0], im[0]) if len(re) == 1 else (torch.cat(re, dim=-1), torch.cat(im, dim=-1))
+    return (torch.cat(re, dim=-1), torch.cat(im, dim=-1)) if plan.halvings else (re[0], im[0])
 
 
 def _inverse_w(qr: torch.Tensor, qi: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor]) -> torch.Tensor:
