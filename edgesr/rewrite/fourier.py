@@ -152,7 +152,7 @@ def fourier_as_dft(model: nn.Module, input_size: tuple[int, int], mixed_radix: b
     ``input_size`` is the (H, W) of the feature maps the units see; for SRConvNet
     that is the LR input size. With ``mixed_radix`` each unit takes the form with the
     fewest MACs (``dft_plan.choose``); without, one plain DFT matmul per axis.
-    ``broadcast_free``: the second stage without a broadcast matmul (``dft_plan._per_digit``).
+    ``broadcast_free``: the later H stages without a broadcast matmul (``dft_plan._per_digit``).
     """
     size = (int(input_size[0]), int(input_size[1]))
     plan = dft_plan.choose(*size) if mixed_radix else dft_plan.plain(*size)
@@ -160,7 +160,7 @@ def fourier_as_dft(model: nn.Module, input_size: tuple[int, int], mixed_radix: b
 
 
 def _broadcast_free_for(context: ExportContext) -> bool:
-    """litert-torch lowers the batched constant matmul of the second H stage with a
+    """litert-torch lowers the batched constant matmul of a later H stage with a
     BROADCAST_TO of the constant to the batch shape, which XNNPACK does not take: TFLite
     files get the stage as one matmul per digit over all channels. Measured in LiteRT
     (XNNPACK, 2 threads), one SRConvNet Fourier unit: 8.0 vs 10.6 ms for the one-stage form
@@ -199,10 +199,10 @@ def _explain(model: nn.Module, context: ExportContext) -> str:
         form = f"one plain DFT matmul per axis (the fewest MACs at this size: {costs})"
     else:
         parts = ["W halved into sums and differences of contiguous halves"] if best.halvings else []
-        parts += ["H as mixed-radix matmuls, twiddles folded into the second stage"] if best.factored else []
+        parts += ["H as mixed-radix matmuls, twiddles folded into the later stages"] if best.factored else []
         form = f"{' and '.join(parts)} (chosen by MACs: {costs})"
         if best.factored and _broadcast_free_for(context):
-            form += "; the second H stage as one matmul per digit (no BROADCAST_TO, which XNNPACK does not take)"
+            form += "; the later H stages as one matmul per digit (no BROADCAST_TO, which XNNPACK does not take)"
     return (f"Fourier unit: rfft2/irfft2 at {h}x{w}: {form}; exact C2R (DC/Nyquist imaginary "
             f"parts ignored, Hermitian doubling)")
 
