@@ -70,8 +70,8 @@ The spectrum is left in digit order (k1 major): the unit applies a per-frequency
 conv and GELU between the transforms, so any order works as long as the inverse reads
 the same one; one transpose with (H_last * Wr)-float blocks (fast) brings re/im next to
 the channel. The inverse mirrors the forward: the grouped stages from the last one, then
-the k1 stage, then the C2R W matmuls with irfft's column weights (1 for DC and Nyquist, whose imaginary parts
-drop out because their sines are 0, and 2 for the rest).
+the k1 stage, then the C2R W matmuls with irfft's column weights (1 for DC and Nyquist,
+whose imaginary parts drop out because their sines are 0, and 2 for the rest).
 
 ``choose`` picks the H split with the fewest MACs among those ``_splits`` allows;
 ``Plan.describe`` names it for the report.
@@ -267,8 +267,7 @@ def forward(x: torch.Tensor, plan: Plan, m: dict[str, torch.Tensor], broadcast_f
                                broadcast_free)
         groups *= radix
     # the last stage's rows: (re/im, k_last); one transpose puts re/im next to the channel
-    groups = height // radices[-1]
-    spectrum = stage_out.reshape(batch, channels, groups, 2, radices[-1] * wr).transpose(2, 3)
+    spectrum = stage_out.reshape(batch, channels, -1, 2, radices[-1] * wr).transpose(2, 3)
     return spectrum.reshape(batch, 2 * channels, height, wr)
 
 
@@ -333,7 +332,7 @@ MIN_THREE_STAGE_RADIX = 4  # this: below, a stage's small matmuls cost more than
 
 def _splits(height: int) -> list[tuple[int, ...]]:
     """The H splits ``choose`` weighs: one stage, every two-stage split, and the
-    three-stage splits from ``THREE_STAGE_FLOOR`` on. Measured (2026-12-07, onnxruntime 1.31,
+    three-stage splits from ``THREE_STAGE_FLOOR`` on. Measured (2026-12-06, onnxruntime 1.31,
     2 threads, AMD EPYC avx2/avx512f/avx512_vnni, the forward H stages of 64 channels):
     256 = 16x16 6.7 ms, 8x4x8 6.4-6.5, 4x8x8 6.7-7.1, 4x4x4x4 7.3-7.7; 128 = 8x16 1.7,
     4x4x8 1.6; 120 = 10x12 1.3, 4x5x6 1.5; 64 = 8x8 0.5, 4x4x4 0.75."""

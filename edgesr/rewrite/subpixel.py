@@ -31,7 +31,7 @@ C = 64. Measured (2026-12-05, ORT CPU EP, 2 threads, the x4 upsampler and tail a
 64x256x256 feature map, busy host): the first form, the last stage per phase at 512x512,
 took the peak RSS of one run from 1085 to 425 MB and the time from 1953 to 1310 ms. It
 ran the tail's taps densely over the output phases each phase serves (the tail's MACs
-x 1.78: 6.4 instead of 3.6 GFLOP at x4 256x256). Against it (2026-12-07, AMD EPYC
+x 1.78: 6.4 instead of 3.6 GFLOP at x4 256x256). Against it (2026-12-06, AMD EPYC
 avx2/avx512f/avx512_vnni, 2 threads, the same piece, interleaved rounds): both stages per
 phase with the per-tap tail (5.6 GFLOP), onnxruntime 214 -> 169 ms, LiteRT (XNNPACK) 196
 -> 159 ms; the last stage alone with the per-tap tail, 188-216 -> 196-216 ms and 163-196 ->
