@@ -326,8 +326,8 @@ def _inverse_w(qr: torch.Tensor, qi: torch.Tensor, plan: Plan, m: dict[str, torc
     return y
 
 
-THREE_STAGE_FLOOR = 128  # H is split into three stages only from this height, with radices of at least
-MIN_THREE_STAGE_RADIX = 4  # this: below, a stage's small matmuls cost more than the MACs it saves
+THREE_STAGE_FLOOR = 128  # H is split into three stages only from this height (``_splits``)
+MIN_THREE_STAGE_RADIX = 4  # nor into a stage of a smaller radix: its tiny matmuls cost more than its MACs save
 
 
 def _splits(height: int) -> list[tuple[int, ...]]:
