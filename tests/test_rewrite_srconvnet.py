@@ -77,8 +77,8 @@ def _ordered_factorizations(height: int, stages: int = 3) -> list[tuple[int, ...
 def test_mixed_radix_and_plain_forms_match_fourier_unit(size: tuple[int, int], form: str) -> None:
     """Every H split of the mixed-radix DFT (one, two or three stages, twiddles folded),
     with every number of W halvings up to the chosen one (and the one-stage form),
-    equals rfft2/irfft2: composite H, prime H (one stage), odd/even W, W halved down to an odd-half rest
-    (200 -> 50), batch 2."""
+    equals rfft2/irfft2: composite H, prime H (one stage), odd/even W, W halved down to
+    an odd-half rest (200 -> 50), batch 2."""
     from edgesr.rewrite import dft_plan
 
     torch.manual_seed(sum(size))

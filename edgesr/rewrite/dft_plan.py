@@ -78,6 +78,7 @@ whose imaginary parts drop out because their sines are 0, and 2 for the rest).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -223,12 +224,10 @@ class Plan:
         n, earlier = self.radices[stage - 1], self.radices[:stage - 1]
         groups, period, last = math.prod(earlier), math.prod(earlier) * n, stage == len(self.radices)
         digits = torch.arange(n)
+        places = [math.prod(earlier[:position]) for position in range(len(earlier))]  # of k1, k2, ...
         forward, inverse = [], []
-        for group in range(groups):
-            partial, rest = 0, group
-            for position in reversed(range(len(earlier))):  # the last digit is the least significant
-                rest, digit = divmod(rest, earlier[position])
-                partial += digit * math.prod(earlier[:position])
+        for group in itertools.product(*map(range, earlier)):  # k1 outermost, as the groups are laid out
+            partial = sum(digit * place for digit, place in zip(group, places))
             frequency = partial + groups * digits
             fwd = _complex_rows(*_phase(frequency, digits, period, -1.0))  # rows (re/im, k), cols (re/im, h)
             inv = _complex_rows(*_phase(digits, frequency, period, 1.0))  # rows (re/im, h), cols (re/im, k)

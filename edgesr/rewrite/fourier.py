@@ -35,8 +35,8 @@ Two forms:
     (SRConvNet's blocks run at the LR input size), for fixed-size exports; the W axis
     halved into sums and differences of contiguous halves and the H axis as
     mixed-radix stages (``edgesr.rewrite.dft_plan``) where that takes fewer MACs: at
-    128x128 each transform takes 1.6 M MACs per channel instead of 6.4 M, at 256x256
-    10 M instead of 51 M.
+    128x128 each transform takes 1.3 M MACs per channel instead of 6.4 M, at 256x256
+    8.4 M instead of 51 M.
   * ``fourier_any_size(model)``: the bases are built in the graph from the runtime
     H, W (cos/sin of (k*n mod N) * 2*pi/N over aranges); for dynamic-shape ONNX.
 """

@@ -67,11 +67,11 @@ class SubPixelUpsampling(nn.Sequential):
 
     def __init__(self, upsampling: nn.Sequential, tail: nn.Conv2d) -> None:
         super().__init__(*upsampling)
-        channels, outputs = tail.in_channels, tail.out_channels
-        self.factors = [shuffle.upscale_factor for _, shuffle, _ in _stages(upsampling)]
+        channels, outputs, stages = tail.in_channels, tail.out_channels, _stages(upsampling)
+        self.factors = [shuffle.upscale_factor for _, shuffle, _ in stages]
         factor = math.prod(self.factors)
         self.factor, self.outputs, self.pads = factor, outputs, []
-        for stage, (expand, shuffle, _) in enumerate(_stages(upsampling)):
+        for stage, (expand, shuffle, _) in enumerate(stages):
             phases = shuffle.upscale_factor ** 2
             weight = expand.weight.detach().reshape(channels, phases, expand.in_channels)
             bias = (expand.bias.detach() if expand.bias is not None
