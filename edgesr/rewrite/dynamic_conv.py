@@ -81,15 +81,20 @@ from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite, replac
 
 FORMS = ("bank_conv", "bank_conv_mulsum", "shifted_sum", "row_shifted_sum")
 
-# Activations per row strip of the shifted sum. SRConvNet x4 at 256x256 (64 channels,
-# 16 MiB a map, so 2 strips) in LiteRT/XNNPACK, 2 threads, AMD EPYC AVX-512, 2026-12-05,
-# three processes: 1504-1600 ms against 1850-1912 in one piece, 1.19-1.28x onnxruntime's
-# time instead of 1.48-1.53x. 4 MiB strips measured 1.12x and 1.25x in two processes,
-# 2 MiB 1.24x, 1 MiB 1.30x, with exports of 182 / 323 / 568 s against 117 s; at 128x128
-# 2 strips gave 1.04x against 1.03x in one piece. Written channels-last instead (taps
-# broadcast over the last axis, the MixFFN kept NHWC to proj_out), the same model was
-# slower: 1.16x / 1.42x against 0.97x / 1.30x in one run at 128 / 256.
-STRIP_BYTES = 8 * 2**20
+# Activations per row strip of the shifted sum: a strip's k*k passes (the padded input, the
+# product, the running sum) must stay in the last-level cache. SRConvNet x4 at 256x256 (64
+# channels, 16 MiB a map) in LiteRT/XNNPACK, 2 threads, AMD EPYC AVX-512 (32 MiB L3),
+# 2026-12-06, 11 interleaved rounds: one dynamic conv alone took 40 / 24 / 22 ms (5x5) and
+# 62 / 38 / 38 ms (7x7) with 8 / 4 / 2 MiB strips (2 / 4 / 8 per map); the whole model, side
+# by side with onnxruntime's default graph in six runs, took 1.06-1.21x onnxruntime's time
+# with 4 MiB strips against 1.31-1.37x with 8 MiB, 2 MiB no faster than 4. The price of 4
+# MiB: 10255 instead of 6511 nodes, a 9.8 instead of 7.7 MB file, an export of about 160
+# instead of 130 s. At 128x128 (4 MiB a map) the map stays one strip. On 2026-12-05 in
+# separate processes one piece ran 1.48-1.53x, 8 MiB strips 1.19-1.28x. Written
+# channels-last instead (taps broadcast over the last axis, the MixFFN kept NHWC to
+# proj_out), the same model was slower: 1.16x / 1.42x against 0.97x / 1.30x in one run at
+# 128 / 256.
+STRIP_BYTES = 4 * 2**20
 
 
 class _StaticDynamicConv(nn.Module):
