@@ -267,3 +267,22 @@ def test_onnx_export_leaves_out_the_quadratic_rewrite_rule():
     with _without_rewrite_rules(QUADRATIC_REWRITE_RULES):
         assert not names() & QUADRATIC_REWRITE_RULES and names() | QUADRATIC_REWRITE_RULES == before
     assert names() == before
+
+
+def test_tflite_internal_tensors_get_short_names(exported):
+    """litert-torch's module-path tensor names (hundreds of bytes each) are not shipped;
+    the input and output keep theirs, and the file still runs (its parity passed)."""
+    report, _ = exported("tflite")
+    assert report.status == "passed"
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.interpreter import Interpreter
+
+    buffer = Path(report.artifact).read_bytes()
+    graph = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(buffer, 0)).subgraphs[0]
+    visible = set(graph.inputs) | set(graph.outputs)
+    internal = [(index, tensor.name.decode()) for index, tensor in enumerate(graph.tensors) if index not in visible]
+    assert internal and all(name == f"t{index}" for index, name in internal)
+    interpreter = Interpreter(model_path=report.artifact)
+    io_names = {d["name"] for d in interpreter.get_input_details() + interpreter.get_output_details()}
+    assert io_names == {graph.tensors[index].name.decode() for index in visible}
+    assert not any(name.startswith("t") and name[1:].isdigit() for name in io_names)

@@ -71,7 +71,8 @@ class TFLiteTarget(Target):
                 f"{coverage.nodes} nodes); LiteRT's own kernels run {outside}{why}"]
 
     def write_metadata(self, path: Path, metadata: Mapping[str, str]) -> None:
-        """A flatbuffer ``Metadata`` entry named "edgesr" whose buffer holds JSON.
+        """A flatbuffer ``Metadata`` entry named "edgesr" whose buffer holds JSON; the
+        internal tensors get short names on the way (``_short_tensor_names``).
 
         litert-torch has no metadata API, so the model is re-packed with the schema's
         object API (what tflite-support's metadata writers do as well).
@@ -80,6 +81,7 @@ class TFLiteTarget(Target):
         from ai_edge_litert.tools import flatbuffer_utils
 
         model = flatbuffer_utils.read_model_from_bytearray(bytearray(path.read_bytes()))
+        _short_tensor_names(model)
         payload = json.dumps(dict(sorted(metadata.items())), sort_keys=True).encode()
         buffer = schema.BufferT()
         buffer.data = np.frombuffer(payload, dtype=np.uint8)
@@ -121,6 +123,19 @@ class TFLiteTarget(Target):
             output = (output.astype(np.float32) - zero) * scale
         output = np.asarray(output, dtype=np.float32)
         return output.transpose(0, 3, 1, 2) if options.nhwc else output
+
+
+def _short_tensor_names(model) -> None:
+    """Names every tensor but the subgraphs' inputs and outputs by its index ("t123").
+
+    litert-torch names a tensor after the module path that made it, several hundred bytes
+    each: 4.5 of the 9.8 MB of SRConvNet x4's 256x256 file. No runtime reads them; an app
+    sees only the inputs and outputs, which keep their names (as do the signatures)."""
+    for graph in model.subgraphs:
+        visible = set(graph.inputs) | set(graph.outputs)
+        for index, tensor in enumerate(graph.tensors):
+            if index not in visible:
+                tensor.name = f"t{index}"
 
 
 def _name(entry) -> str:
