@@ -91,10 +91,9 @@ FORMS = ("bank_conv", "bank_conv_mulsum", "shifted_sum", "row_shifted_sum")
 # MiB: 10255 instead of 6511 nodes (9.8 instead of 7.7 MB of file before the tensor names
 # were shortened; 5.4 MB since), an export of about 160 instead of 130 s. At 128x128 (4
 # MiB a map) the map stays one strip. On 2026-12-05 in separate processes one piece ran
-# 1.48-1.53x, 8 MiB strips 1.19-1.28x. Written
-# channels-last instead (taps broadcast over the last axis, the MixFFN kept NHWC to
-# proj_out), the same model was slower: 1.16x / 1.42x against 0.97x / 1.30x in one run at
-# 128 / 256.
+# 1.48-1.53x, 8 MiB strips 1.19-1.28x. Written channels-last instead (taps broadcast over
+# the last axis, the MixFFN kept NHWC to proj_out), the same model was slower: 1.16x /
+# 1.42x against 0.97x / 1.30x in one run at 128 / 256.
 STRIP_BYTES = 4 * 2**20
 
 
