@@ -226,24 +226,30 @@ def test_cli_bad_input_is_one_line(tmp_path):
         assert not out.exists()
 
 
-@pytest.mark.parametrize("arch", ["hit-srf", "hit-sng"])
-def test_dynamic_hitsr_is_right_at_other_sizes_and_batches(tmp_path, arch):
-    """HiT-SR's any-size graph: reflect padding as in-graph gathers, window counts from
-    the input's shape. The export's own parity check already ran batch 2 at another
-    size; here batch 1 and 3 at sizes that are not multiples of any window."""
+@pytest.mark.parametrize("arch, hparams", [
+    ("hit-srf", dict(embed_dim=16, depths=[2], num_heads=[1])),
+    ("hit-sng", dict(embed_dim=16, depths=[2], num_heads=[1])),
+    ("srconvnet", dict(dim=16, num_blocks=1, num_heads=2, num_kernels=4)),
+])
+def test_dynamic_onnx_is_right_at_other_sizes_and_batches(tmp_path, arch, hparams):
+    """The any-size graphs. HiT-SR: reflect padding as in-graph gathers, window counts
+    from the input's shape. SRConvNet: the Fourier unit's H split chosen in the graph
+    (16 = 4x4, 9 = 3x3, 30 = 5x6, 37 prime: one stage). The export's own parity check
+    already ran batch 2 at another size; here batch 1 and 3 at sizes that are not
+    multiples of any window."""
     import onnxruntime as ort
 
     from edgesr.models.contract import with_unit_range
     from edgesr.models.loading import create
 
     torch.manual_seed(0)
-    model = create(arch, 2, embed_dim=16, depths=[2], num_heads=[1]).eval()
+    model = create(arch, 2, **hparams).eval()
     report = export(model, "onnx", input_size=(16, 16), dynamic=True, out_dir=tmp_path)
     assert report.status == "passed", report.parity
     session = ort.InferenceSession(report.artifact)
     assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
     reference = with_unit_range(model).eval()
-    for batch, height, width in [(1, 16, 16), (1, 9, 30), (3, 37, 21)]:
+    for batch, height, width in [(1, 16, 16), (1, 9, 30), (3, 37, 21), (1, 30, 37)]:
         x = np.random.default_rng(height).random((batch, 3, height, width), dtype=np.float32)
         (got,) = session.run(None, {"input": x})
         with torch.no_grad():

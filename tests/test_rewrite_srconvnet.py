@@ -9,7 +9,7 @@ from torch import nn
 
 from edgesr.models.descriptor import ModelInfo, attach
 from edgesr.models.srconvnet import DynamicDepthwiseConv2d, FourierUnit, build
-from edgesr.rewrite import prepare_for_export
+from edgesr.rewrite import dft_plan, prepare_for_export
 from edgesr.rewrite.dynamic_conv import FORM_BY_TARGET, FORMS, ShiftedSumDynamicConv, dynamic_conv_static
 from edgesr.rewrite.fourier import (
     AnySizeFourierUnit,
@@ -47,7 +47,7 @@ def _max_error(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 2), (2, 1), (3, 5), (4, 4), (6, 7), (7, 6), (8, 9),
-                                  (16, 15), (13, 32), (32, 24), (40, 52), (64, 64)])
+                                  (16, 15), (13, 32), (32, 24), (40, 52), (64, 64), (120, 36), (127, 20)])
 def test_dft_unit_matches_fourier_unit(size: tuple[int, int]) -> None:
     torch.manual_seed(sum(size))
     unit = FourierUnit(4).eval()
@@ -58,6 +58,18 @@ def test_dft_unit_matches_fourier_unit(size: tuple[int, int]) -> None:
         for rewritten in (DFTFourierUnit(unit, size), AnySizeFourierUnit(unit)):
             error = (rewritten(x) - expected).abs().max().item()
             assert error <= 2e-6 * scale, (type(rewritten).__name__, size, error, scale)
+
+
+@pytest.mark.parametrize("height, radices", [(256, (16, 16)), (128, (8, 16)), (120, (10, 12)), (129, (3, 43)),
+                                             (127, (1, 127)), (2, (1, 2)), (1, (1, 1)), (8192, (64, 128))])
+def test_run_time_plan_splits_h_in_two_stages(height: int, radices: tuple[int, int]) -> None:
+    """The any-size unit's H split (chosen in the graph): the largest radix up to sqrt(H)
+    and dft_plan.MAX_RUN_TIME_RADIX first; a prime H gets 1 (one stage in effect)."""
+    plan, matrices = dft_plan.run_time_plan(torch.zeros(1, 1, height, 6))
+    assert plan.radices == radices and not plan.halvings
+    assert matrices["fwd_h1_re"].shape == (2 * radices[0], radices[0])
+    assert matrices["fwd_h2"].shape == matrices["inv_h2"].shape == (radices[0], 2 * radices[1], 2 * radices[1])
+    assert matrices["fwd_w_re"].shape == (6, 4)
 
 
 def _ordered_factorizations(height: int, stages: int = 3) -> list[tuple[int, ...]]:

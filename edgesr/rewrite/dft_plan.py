@@ -74,7 +74,9 @@ the k1 stage, then the C2R W matmuls with irfft's column weights (1 for DC and N
 whose imaginary parts drop out because their sines are 0, and 2 for the rest).
 
 ``choose`` picks the H split with the fewest MACs among those ``_splits`` allows;
-``Plan.describe`` names it for the report.
+``Plan.describe`` names it for the report. A graph whose H and W are free (``--dynamic``
+ONNX) gets ``run_time_plan``: the same forward and inverse over matrices the graph builds
+from its input's size, H in two stages with a radix the graph computes, W in one.
 """
 from __future__ import annotations
 
@@ -88,18 +90,21 @@ import torch
 from edgesr.rewrite.layout import matmul_without_broadcast
 
 
-def _phase(rows: torch.Tensor, cols: torch.Tensor, period: int, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of sign * 2 pi (r*c mod period) / period, in float64 (the integer
-    modulo keeps the angles exact)."""
-    product = (rows[:, None].to(torch.int64) * cols[None, :].to(torch.int64)) % period
-    angle = product.to(torch.float64) * (sign * 2 * math.pi / period)
+def _phase(rows: torch.Tensor, cols: torch.Tensor, period: int | torch.Tensor, sign: float,
+           dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of sign * 2 pi (r*c mod period) / period for every pair of the last
+    axes of ``rows`` and ``cols`` (leading axes broadcast); the integer modulo keeps the
+    angles exact. ``period``: an int, or a (1,) int64 tensor for sizes known at run time."""
+    product = (rows.to(torch.int64).unsqueeze(-1) * cols.to(torch.int64).unsqueeze(-2)) % period
+    step = sign * 2 * math.pi / (period.to(dtype) if isinstance(period, torch.Tensor) else period)
+    angle = product.to(dtype) * step
     return torch.cos(angle), torch.sin(angle)
 
 
 def _complex_rows(re: torch.Tensor, im: torch.Tensor) -> torch.Tensor:
-    """A complex (n, m) matrix a as the real (2n, 2m) one that maps [zr; zi] (rows
-    (re/im, index)) to [Re(a z); Im(a z)]."""
-    return torch.cat((torch.cat((re, -im), dim=1), torch.cat((im, re), dim=1)), dim=0)
+    """A complex (n, m) matrix a (or a batch of them) as the real (2n, 2m) one that maps
+    [zr; zi] (rows (re/im, index)) to [Re(a z); Im(a z)]."""
+    return torch.cat((torch.cat((re, -im), dim=-1), torch.cat((im, re), dim=-1)), dim=-2)
 
 
 HALVING_FLOOR = 64  # W is halved while its length is a multiple of 4 and at least this
@@ -183,16 +188,7 @@ class Plan:
             mats[f"fwd_w{level}_re"], mats[f"fwd_w{level}_im"] = cos_o * rw, sin_o * rw
             # every odd frequency has a conjugate partner: weight 2
             mats[f"inv_w{level}_re"], mats[f"inv_w{level}_im"] = cos_o.T * 2 * rw, sin_o.T * 2 * rw
-        rest = self.rest_width
-        columns = torch.arange(rest // 2 + 1)
-        cos_w, sin_w = _phase(torch.arange(rest), columns, rest, -1.0)  # (rest, rest/2 + 1)
-        single = (columns == 0) | (2 * columns == rest)  # DC and Nyquist: no conjugate partner
-        weight = torch.where(single, 1.0, 2.0).to(torch.float64)[:, None]
-        mats.update({
-            "fwd_w_re": cos_w * rw, "fwd_w_im": sin_w * rw,
-            # C2R: y = Re(Q exp(+i theta)) = Qr @ (c cos theta) + Qi @ (c sin(-theta))
-            "inv_w_re": cos_w.T * weight * rw, "inv_w_im": sin_w.T * weight * rw,
-        })
+        mats.update(_one_stage_w(torch.arange(self.rest_width), self.rest_width // 2 + 1, self.rest_width, rw))
         if not self.factored:
             cos_h, sin_h = _phase(torch.arange(h), torch.arange(h), h, -1.0)
             mats["fwd_h_re"] = torch.cat((cos_h, sin_h), dim=0) * rh  # rows (re/im, k), on Ar
@@ -200,43 +196,71 @@ class Plan:
             mats["inv_h"] = _complex_rows(cos_h, -sin_h) * rh  # exp(+i theta), (2H, 2H)
             return mats
         h1 = self.radices[0]
-        cos1, sin1 = _phase(torch.arange(h1), torch.arange(h1), h1, -1.0)  # (k1, h1)
-        # rows (k1, re/im): Re = c Ar - s Ai, Im = s Ar + c Ai
-        mats["fwd_h1_re"] = torch.stack((cos1, sin1), dim=1).reshape(2 * h1, h1) * rh
-        mats["fwd_h1_im"] = torch.stack((-sin1, cos1), dim=1).reshape(2 * h1, h1) * rh
-        cos_back, sin_back = _phase(torch.arange(h1), torch.arange(h1), h1, 1.0)  # (h1, k1)
-        # rows (re/im, h1), cols (k1, re/im)
-        top = torch.stack((cos_back, -sin_back), dim=2).reshape(h1, 2 * h1)
-        bottom = torch.stack((sin_back, cos_back), dim=2).reshape(h1, 2 * h1)
-        mats["inv_h1"] = torch.cat((top, bottom), dim=0) * rh
+        mats.update(_first_h_stage(torch.arange(h1), h1, rh))
         for stage in range(2, len(self.radices) + 1):
             mats[f"fwd_h{stage}"], mats[f"inv_h{stage}"] = self._stage_matrices(stage)
         return mats
 
     def _stage_matrices(self, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and inverse matrices of H stage ``stage`` >= 2, one per group of the
-        digits before it, (groups, 2n, 2n). With P the product of the radices before it,
-        the group of digits (k1, ..., k_{i-1}) (k1 the most significant in the layout) has
-        the partial frequency K = k1 + n1 k2 + ...; its stage maps digit h_i to k_i with
-        exp(-+2 pi i (K + P k_i) h_i / (P n)), the twiddle folded in. Rows of the forward
-        matrix (k_i, re/im), where the next stage reads them as groups, or (re/im, k_i) in
-        the last stage; the inverse reads its columns in the same order."""
+        """Forward and inverse matrices of H stage ``stage`` >= 2 (``_later_h_stage``), for
+        the groups of the digits before it, k1 the most significant in the layout."""
         n, earlier = self.radices[stage - 1], self.radices[:stage - 1]
-        groups, period, last = math.prod(earlier), math.prod(earlier) * n, stage == len(self.radices)
-        digits = torch.arange(n)
         places = [math.prod(earlier[:position]) for position in range(len(earlier))]  # of k1, k2, ...
-        forward, inverse = [], []
-        for group in itertools.product(*map(range, earlier)):  # k1 outermost, as the groups are laid out
-            partial = sum(digit * place for digit, place in zip(group, places))
-            frequency = partial + groups * digits
-            fwd = _complex_rows(*_phase(frequency, digits, period, -1.0))  # rows (re/im, k), cols (re/im, h)
-            inv = _complex_rows(*_phase(digits, frequency, period, 1.0))  # rows (re/im, h), cols (re/im, k)
-            if not last:
-                fwd = fwd.reshape(2, n, 2 * n).transpose(0, 1).reshape(2 * n, 2 * n)  # rows (k, re/im)
-                inv = inv.reshape(2 * n, 2, n).transpose(1, 2).reshape(2 * n, 2 * n)  # cols (k, re/im)
-            forward.append(fwd)
-            inverse.append(inv)
-        return torch.stack(forward), torch.stack(inverse)
+        partial = torch.tensor([sum(digit * place for digit, place in zip(group, places))
+                                for group in itertools.product(*map(range, earlier))])
+        return _later_h_stage(partial, torch.arange(n), math.prod(earlier), math.prod(earlier) * n,
+                              last=stage == len(self.radices))
+
+
+def _one_stage_w(positions: torch.Tensor, columns: int, period: int | torch.Tensor, scale,
+                 dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """The one-stage real DFT along W (``positions`` = arange(n), n = ``period``) to
+    ``columns`` = n//2 + 1 frequencies, and its C2R."""
+    frequencies = torch.arange(columns, device=positions.device)
+    cos_w, sin_w = _phase(positions, frequencies, period, -1.0, dtype)  # (n, n/2 + 1)
+    single = (frequencies == 0) | (2 * frequencies == period)  # DC and Nyquist: no conjugate partner
+    weight = (2 - single.to(dtype))[:, None]
+    return {
+        "fwd_w_re": cos_w * scale, "fwd_w_im": sin_w * scale,
+        # C2R: y = Re(Q exp(+i theta)) = Qr @ (c cos theta) + Qi @ (c sin(-theta))
+        "inv_w_re": cos_w.T * weight * scale, "inv_w_im": sin_w.T * weight * scale,
+    }
+
+
+def _first_h_stage(digits: torch.Tensor, radix: int | torch.Tensor, scale,
+                   dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
+    """The size-``radix`` DFT over h1 (``digits`` = arange(radix)): forward rows (k1, re/im)
+    on Ar and on Ai; the inverse's rows (re/im, h1), columns (k1, re/im)."""
+    h1 = digits.shape[0]
+    cos1, sin1 = _phase(digits, digits, radix, -1.0, dtype)  # (k1, h1)
+    cos_back, sin_back = _phase(digits, digits, radix, 1.0, dtype)  # (h1, k1)
+    top = torch.stack((cos_back, -sin_back), dim=2).reshape(h1, 2 * h1)
+    bottom = torch.stack((sin_back, cos_back), dim=2).reshape(h1, 2 * h1)
+    return {
+        # Re = c Ar - s Ai, Im = s Ar + c Ai
+        "fwd_h1_re": torch.stack((cos1, sin1), dim=1).reshape(2 * h1, h1) * scale,
+        "fwd_h1_im": torch.stack((-sin1, cos1), dim=1).reshape(2 * h1, h1) * scale,
+        "inv_h1": torch.cat((top, bottom), dim=0) * scale,
+    }
+
+
+def _later_h_stage(partial: torch.Tensor, digits: torch.Tensor, groups, period: int | torch.Tensor,
+                   last: bool, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward and inverse matrices of a later H stage, (G, 2n, 2n) for the G groups of
+    the digits before it, whose partial frequencies K = k1 + n1 k2 + ... are ``partial``;
+    ``digits`` = arange(n), ``groups`` the product P of the radices before it. A group's
+    stage maps digit h_i to k_i with exp(-+2 pi i (K + P k_i) h_i / (P n)), the twiddle
+    folded in. Rows of the forward matrix (k_i, re/im), where the next stage reads them as
+    groups, or (re/im, k_i) in the ``last`` stage; the inverse reads its columns in the
+    same order."""
+    n = digits.shape[0]
+    frequency = partial[:, None] + groups * digits[None, :]  # (G, n)
+    fwd = _complex_rows(*_phase(frequency, digits, period, -1.0, dtype))  # rows (re/im, k), cols (re/im, h)
+    inv = _complex_rows(*_phase(digits, frequency, period, 1.0, dtype))  # rows (re/im, h), cols (re/im, k)
+    if not last:
+        fwd = fwd.reshape(-1, 2, n, 2 * n).transpose(1, 2).reshape(-1, 2 * n, 2 * n)  # rows (k, re/im)
+        inv = inv.reshape(-1, 2 * n, 2, n).transpose(2, 3).reshape(-1, 2 * n, 2 * n)  # cols (k, re/im)
+    return fwd, inv
 
 
 def _per_digit(matrices: torch.Tensor, x: torch.Tensor, broadcast_free: bool) -> torch.Tensor:
@@ -353,6 +377,41 @@ def choose(height: int, width: int) -> Plan:
     plans = [Plan(height, width, radices, halvings) for radices in _splits(height)]
     return min(plans, key=lambda plan: (plan.transform_macs(), len(plan.radices), -plan.radices[-1],
                                         -plan.radices[0]))
+
+
+MAX_RUN_TIME_RADIX = 64  # the largest first radix of a run-time plan: sizes up to 4096 get two balanced stages
+
+
+def run_time_plan(x: torch.Tensor) -> tuple[Plan, dict[str, torch.Tensor]]:
+    """The plan for x's own H x W and its matrices, built in the graph from the sizes, for
+    a graph whose H and W are known only at run time (``--dynamic`` ONNX).
+
+    H in two stages, the first radix h1 the largest divisor of H up to sqrt(H) (and
+    ``MAX_RUN_TIME_RADIX``), computed in the graph and read back as a size: the reshapes
+    follow it, so the graph's structure does not depend on H. A prime H gets h1 = 1,
+    which is one plain stage in effect. W in one stage: halving it needs a W that is a
+    multiple of 4, a choice the graph cannot make at run time. At 256x256, 21 M MACs per
+    channel and transform instead of 51 M in one stage (8.4 M with a fixed size)."""
+    height, width = x.shape[-2:]
+    device, dtype = x.device, x.dtype
+    # The sizes as (1,) tensors (the last index + 1): a symbolic int that meets a tensor
+    # op as a scalar fails in the ONNX exporter.
+    rows, positions = torch.arange(height, device=device), torch.arange(width, device=device)
+    h_size, w_size = rows[-1:] + 1, positions[-1:] + 1
+    candidates = torch.arange(2, MAX_RUN_TIME_RADIX + 1, device=device)
+    fits = (h_size % candidates == 0) & (candidates * candidates <= h_size)
+    radix_size = torch.where(fits, candidates, 1).amax(dim=0, keepdim=True)
+    radix = radix_size.item()
+    torch._check(radix >= 1)
+    torch._check(radix <= MAX_RUN_TIME_RADIX)
+    torch._check(height % radix == 0)
+    plan = Plan(height, width, (radix, height // radix))
+    matrices = _one_stage_w(positions, width // 2 + 1, w_size, torch.rsqrt(w_size.to(dtype)), dtype)
+    first_digits = torch.arange(radix, device=device)
+    matrices.update(_first_h_stage(first_digits, radix_size, torch.rsqrt(h_size.to(dtype)), dtype))
+    matrices["fwd_h2"], matrices["inv_h2"] = _later_h_stage(
+        first_digits, torch.arange(height // radix, device=device), radix_size, h_size, last=True, dtype=dtype)
+    return plan, matrices
 
 
 def plain(height: int, width: int) -> Plan:
