@@ -248,6 +248,18 @@ def test_dynamic_onnx_is_right_at_other_sizes_and_batches(tmp_path, arch, hparam
     assert report.status == "passed", report.parity
     session = ort.InferenceSession(report.artifact)
     assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    if arch == "srconvnet":  # each dynamic conv: the runtime-weight conv for batch 1, the bank for more
+        import onnx
+
+        graph = onnx.load_model(report.artifact).graph
+        branches = [node for node in graph.node if node.op_type == "If"]
+        assert len(branches) == 2 * hparams["num_blocks"]
+        constants = {tensor.name for tensor in graph.initializer}
+        for node in branches:
+            then_branch = next(attr.g for attr in node.attribute if attr.name == "then_branch")
+            constants |= {tensor.name for tensor in then_branch.initializer}
+            convs = [n for n in then_branch.node if n.op_type == "Conv"]
+            assert len(convs) == 1 and convs[0].input[1] not in constants
     reference = with_unit_range(model).eval()
     for batch, height, width in [(1, 16, 16), (1, 9, 30), (3, 37, 21), (1, 30, 37)]:
         x = np.random.default_rng(height).random((batch, 3, height, width), dtype=np.float32)

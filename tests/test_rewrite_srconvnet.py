@@ -262,12 +262,19 @@ def test_prepare_for_export_picks_rewrites(model: nn.Module, target: str) -> Non
 def test_desktop_onnx_keeps_the_runtime_weight_conv(model: nn.Module) -> None:
     """--fused-ops (fixed-size ONNX for desktop onnxruntime, batch 1): the original
     dynamic conv, whose runtime weight ORT's CPU/CUDA kernels take, is the fastest form;
-    with a free batch (--dynamic) its groups would not be constant, so the bank stays."""
+    with a free batch (--dynamic) its groups would not be constant, so a desktop file takes
+    the runtime-weight conv for batch 1 only and the bank for a batch, and a file for
+    mobile delegates the bank alone."""
     desktop = prepare_for_export(model, "onnx", (24, 32), delegate_forms=False)
     assert "dynamic_conv_static" not in [e["name"] for e in desktop.edgesr_rewrites]
     assert sum(isinstance(m, DynamicDepthwiseConv2d) for m in desktop.modules()) == 2 * SMALL["num_blocks"]
-    dynamic = prepare_for_export(model, "onnx", None, delegate_forms=False)
-    assert not any(isinstance(m, DynamicDepthwiseConv2d) for m in dynamic.modules())
+    for delegate_forms, form in ((False, "runtime_weight_at_batch_1"), (True, "bank_conv")):
+        dynamic = prepare_for_export(model, "onnx", None, delegate_forms=delegate_forms)
+        assert not any(isinstance(m, DynamicDepthwiseConv2d) for m in dynamic.modules())
+        forms = [m.form for m in dynamic.modules() if getattr(m, "form", None)]
+        assert forms == [form] * 2 * SMALL["num_blocks"]
+        note = next(e["note"] for e in dynamic.edgesr_rewrites if e["name"] == "dynamic_conv_static")
+        assert repr(form) in note
 
 
 def test_fused_ops_tflite_keeps_the_runtime_weight_conv(model: nn.Module) -> None:

@@ -8,7 +8,8 @@ groups: a conv whose weight is computed at run time. LiteRT fails on it
 
     y = sum_k alpha_k (bank_k * x) + sum_k alpha_k bias_k
 
-and every form below keeps the bank as a constant:
+and every form below keeps the bank as a constant (the last one adds the original for
+batch 1):
 
   * ``"bank_conv"`` (A): one constant depthwise conv with K*C output channels
     (groups=C, channel c*K+k holds bank_k[c]), then the weighted sum over k as a
@@ -23,6 +24,8 @@ and every form below keeps the bank as a constant:
     strips (a strip's k*k passes then stay in cache), concatenated at the end.
   * ``"row_shifted_sum"`` (B'): B with the shifts split into k column slices of the
     padded input and one row slice per kernel row (2k slices instead of k*k).
+  * ``"runtime_weight_at_batch_1"``: for a desktop ``--dynamic`` ONNX file, whose batch is
+    free: the original runtime-weight conv for one image, A for a batch (an ONNX ``If``).
 
 Measured on this repo's CPU box (2 cores shared with other jobs, so absolute numbers
 are noisy; ORT 1.31 CPU EP with 2 threads, PyTorch 2.13 eager with 2 threads; all
@@ -64,9 +67,10 @@ Choice: ``bank_conv`` for ONNX and CoreML, the fastest constant-weight form in O
 eager; for CoreML a single constant depthwise conv plus one matmul maps onto the ANE's conv
 units, whereas the shifted sum is ~220 small elementwise/slice ops per block (per-op
 dispatch cost there). ``shifted_sum`` for TFLite: XNNPACK runs its elementwise taps 3.4x
-faster than the bank with its K-fold intermediate, in one partition. The exception is a
-fixed-size ONNX file for desktop onnxruntime (``--fused-ops``), which keeps the original
-runtime-weight conv (``_needs_constant_weights``).
+faster than the bank with its K-fold intermediate, in one partition. The exceptions are
+ONNX files for desktop onnxruntime: a fixed-size one keeps the original runtime-weight conv
+(``_needs_constant_weights``), a ``--dynamic`` one takes it for batch 1 and A for a batch
+(``runtime_weight_at_batch_1``, see ``_WHY_AT_BATCH_1``).
 """
 from __future__ import annotations
 
@@ -79,7 +83,7 @@ from torch import nn
 from edgesr.models.srconvnet import DynamicDepthwiseConv2d
 from edgesr.rewrite.plan import ExportContext, Rewrite, register_rewrite, replace_modules
 
-FORMS = ("bank_conv", "bank_conv_mulsum", "shifted_sum", "row_shifted_sum")
+FORMS = ("bank_conv", "bank_conv_mulsum", "shifted_sum", "row_shifted_sum", "runtime_weight_at_batch_1")
 
 # Activations per row strip of the shifted sum: a strip's k*k passes (the padded input, the
 # product, the running sum) must stay in the last-level cache. SRConvNet x4 at 256x256 (64
@@ -132,8 +136,11 @@ class BankConvDynamicConv(_StaticDynamicConv):
             self.form = "bank_conv_mulsum"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bank(x, self.attention(x))
+
+    def bank(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """The bank's responses to ``x`` weighted by ``alpha`` (B, K), plus the mixed bias."""
         batch, channels, height, width = x.shape
-        alpha = self.attention(x)  # (B, K)
         num_kernels = alpha.shape[1]
         responses = F.conv2d(x, self.bank_weight, None, padding=self.padding, groups=channels)
         if self.reduce == "mulsum":
@@ -143,6 +150,32 @@ class BankConvDynamicConv(_StaticDynamicConv):
             responses = responses.reshape(batch, channels, num_kernels, height * width)
             y = torch.matmul(alpha[:, None, None, :], responses).reshape(batch, channels, height, width)
         return y + self._mixed_bias(alpha)
+
+
+class OneSampleRuntimeWeightConv(BankConvDynamicConv):
+    """For a graph with a free batch (``--dynamic`` ONNX for desktop onnxruntime): the
+    original runtime-weight depthwise conv when the batch is 1, the bank conv otherwise.
+
+    The original folds the batch into the conv's groups (batch x channels), which a graph
+    with a free batch cannot hold as the constant ONNX needs. For one sample the groups are
+    the channels, a constant: ``torch.cond`` on the batch size (an ONNX ``If``) runs that conv
+    on one image, the way an upscaler calls the file, and the bank conv on a batch.
+    """
+
+    form = "runtime_weight_at_batch_1"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.shape[0] == 1, self.one_sample, self.bank, (x, self.attention(x)))
+
+    def one_sample(self, x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        # The kernel mixed from ``bank_weight``, not from the bank's own weight: the file
+        # would otherwise hold the bank twice.
+        channels = x.shape[1]
+        kh, kw = self.bank_weight.shape[-2:]
+        bank = self.bank_weight.reshape(channels, -1, kh * kw)  # (C, K, taps)
+        weight = torch.matmul(alpha[:1], bank).reshape(channels, 1, kh, kw)
+        bias = self._mixed_bias(alpha[:1]).reshape(channels)
+        return F.conv2d(x, weight, bias, padding=self.padding, groups=channels)
 
 
 class ShiftedSumDynamicConv(_StaticDynamicConv):
@@ -207,6 +240,8 @@ def _make(conv: DynamicDepthwiseConv2d, form: str) -> nn.Module:
         return ShiftedSumDynamicConv(conv)
     if form == "row_shifted_sum":
         return ShiftedSumDynamicConv(conv, by_rows=True)
+    if form == "runtime_weight_at_batch_1":
+        return OneSampleRuntimeWeightConv(conv)
     raise ValueError(f"unknown dynamic-conv form {form!r}; choose one of {', '.join(FORMS)}")
 
 
@@ -248,6 +283,8 @@ _WHY = {
 
 
 def form_for(context: ExportContext) -> str:
+    if context.target == "onnx" and context.input_size is None and not context.delegate_forms:
+        return "runtime_weight_at_batch_1"
     return FORM_BY_TARGET[context.target]
 
 
@@ -255,8 +292,19 @@ def _apply(model: nn.Module, context: ExportContext) -> nn.Module:
     return dynamic_conv_static(model, form_for(context))
 
 
+# SRConvNet x4 (official config, random weights), the --dynamic ONNX file with this form and
+# with bank_conv side by side, PyTorch eager interleaved (2026-12-06, AMD EPYC avx2/avx512f/
+# avx512_vnni, onnxruntime 1.31, 2 threads; 9 rounds at 128x128, 7 at 256x256).
+_WHY_AT_BATCH_1 = ("an ONNX If on the batch size: for one image the original runtime-weight depthwise conv "
+                   "(groups = channels, a constant), for a batch the constant bank conv; SRConvNet x4 "
+                   "--dynamic 233 vs 384 ms at 128x128 and 1382 vs 1976 ms at 256x256 with the bank alone "
+                   "(eager 418 / 2244 ms)")
+
+
 def _explain(model: nn.Module, context: ExportContext) -> str:
     form = form_for(context)
+    if form == "runtime_weight_at_batch_1":
+        return f"dynamic depthwise conv: form {form!r} ({_WHY_AT_BATCH_1})"
     return f"dynamic depthwise conv: constant-weight form {form!r} ({_WHY[context.target]})"
 
 
@@ -264,7 +312,8 @@ def _needs_constant_weights(context: ExportContext) -> bool:
     # Every target but a fixed-size ONNX or TFLite graph for a CPU runtime (the default fp32
     # ONNX file, --fused-ops): CoreML, LiteRT's XNNPACK and GPU delegates and ORT's mobile
     # EPs need constant conv weights, and with a free batch the original's groups (batch x
-    # channels) are not a constant. ORT's CPU and CUDA kernels and LiteRT's own
+    # channels) are not a constant (a desktop --dynamic file then keeps the runtime weight
+    # for batch 1 only: ``OneSampleRuntimeWeightConv``). ORT's CPU and CUDA kernels and LiteRT's own
     # DEPTHWISE_CONV_2D take a runtime weight, and the original is then the fastest form:
     # 128 vs 318 ms per MixFFN pair in ORT (table above); in LiteRT one MixFFN at 256x256
     # took 145 ms against 398 ms for shifted_sum inside XNNPACK (2026-12-04, AMD EPYC,
@@ -275,7 +324,8 @@ def _needs_constant_weights(context: ExportContext) -> bool:
 DYNAMIC_CONV_STATIC = register_rewrite(
     Rewrite(
         name="dynamic_conv_static",
-        description="SRConvNet dynamic depthwise conv with a constant kernel bank (no runtime-weight conv)",
+        description="SRConvNet dynamic depthwise conv with a constant kernel bank (a runtime-weight conv "
+                    "only for batch 1 of a desktop --dynamic ONNX file)",
         applies=lambda model, context: has_dynamic_convs(model) and _needs_constant_weights(context),
         apply=_apply,
         explain=_explain,
