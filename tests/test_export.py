@@ -232,11 +232,12 @@ def test_cli_bad_input_is_one_line(tmp_path):
     ("srconvnet", dict(dim=16, num_blocks=1, num_heads=2, num_kernels=4)),
 ])
 def test_dynamic_onnx_is_right_at_other_sizes_and_batches(tmp_path, arch, hparams):
-    """The any-size graphs. HiT-SR: reflect padding as in-graph gathers, window counts
-    from the input's shape. SRConvNet: the Fourier unit's H split chosen in the graph
-    (16 = 4x4, 9 = 3x3, 30 = 5x6, 37 prime: one stage). The export's own parity check
-    already ran batch 2 at another size; here batch 1 and 3 at sizes that are not
-    multiples of any window."""
+    """The any-size graphs. HiT-SR: reflect padding as in-graph gathers of the border,
+    window counts from the input's shape. SRConvNet: the Fourier unit's H split chosen in
+    the graph (16 = 4x4, 9 = 3x3, 30 = 5x6, 37 prime: one stage), the dynamic conv's
+    runtime weight for batch 1. The export's own parity check already ran batch 2 at
+    another size; here batch 1 and 3 at sizes that are not multiples of any window."""
+    import onnx
     import onnxruntime as ort
 
     from edgesr.models.contract import with_unit_range
@@ -248,10 +249,12 @@ def test_dynamic_onnx_is_right_at_other_sizes_and_batches(tmp_path, arch, hparam
     assert report.status == "passed", report.parity
     session = ort.InferenceSession(report.artifact)
     assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    graph = onnx.load_model(report.artifact).graph
+    if arch.startswith("hit"):  # reflect padding gathers the border only, appended to the map
+        users = {name: node.op_type for node in graph.node for name in node.input}
+        gathers = [node for node in graph.node if node.op_type == "Gather"]
+        assert len(gathers) == 2 * sum(hparams["depths"]) and all(users[g.output[0]] == "Concat" for g in gathers)
     if arch == "srconvnet":  # each dynamic conv: the runtime-weight conv for batch 1, the bank for more
-        import onnx
-
-        graph = onnx.load_model(report.artifact).graph
         branches = [node for node in graph.node if node.op_type == "If"]
         assert len(branches) == 2 * hparams["num_blocks"]
         constants = {tensor.name for tensor in graph.initializer}
