@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import typer
 
-from edgesr.errors import EdgeSRError
+from edgesr.errors import EdgeSRError, note_interrupt
 
 
 def user_errors(command: Callable) -> Callable:
@@ -42,11 +42,13 @@ def user_errors(command: Callable) -> Callable:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+            note_interrupt(False)  # handled: the next command in this process starts afresh
 
     return wrapper
 
 
 def _raise_interrupt(signum, frame) -> None:
+    note_interrupt()
     raise KeyboardInterrupt
 
 

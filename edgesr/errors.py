@@ -5,6 +5,27 @@ class EdgeSRError(Exception):
     """An error caused by the user's input, reported without a traceback."""
 
 
+class _Interrupts:
+    """Whether a signal asked the command to stop (set by the CLI's SIGTERM handler).
+
+    The handler raises KeyboardInterrupt wherever the main thread is, and Python drops an
+    exception raised inside a finalizer (``__del__``, a weakref callback that the garbage
+    collector runs): an export that got SIGTERM in one ran to the end with exit code 0 (a
+    CI run). Long work checks this between its stages, so such a signal still stops it."""
+
+    pending = False
+
+
+def note_interrupt(pending: bool = True) -> None:
+    _Interrupts.pending = pending
+
+
+def stop_if_interrupted() -> None:
+    """KeyboardInterrupt if a signal asked to stop and the work went on."""
+    if _Interrupts.pending:
+        raise KeyboardInterrupt
+
+
 # Which install profile (pyproject's optional dependencies) brings each package.
 EXTRA_OF_PACKAGE = {
     "torch": "export", "safetensors": "export", "onnxscript": "export", "onnxsim": "export",

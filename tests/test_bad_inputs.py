@@ -254,6 +254,26 @@ def test_a_signal_during_export_cleans_up_and_says_one_line(sig, tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_a_signal_lost_in_a_finalizer_still_stops_the_export(tmp_path, small_srconvnet):
+    """Python drops a KeyboardInterrupt that the SIGTERM handler raises inside a finalizer;
+    the export then stops at its next stage and leaves nothing (it ran to exit 0 in a CI run)."""
+    from edgesr.errors import note_interrupt
+    from edgesr.export.pipeline import export
+
+    out = tmp_path / "out"
+    out.mkdir()
+    stages = []
+    note_interrupt()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            export(small_srconvnet, "onnx", input_size=(16, 16), out_dir=out, stage=stages.append)
+    finally:
+        note_interrupt(False)
+    assert stages == [] and list(out.iterdir()) == []
+    export(small_srconvnet, "onnx", input_size=(16, 16), out_dir=out, check=False, stage=stages.append)
+    assert stages and any(out.glob("*.onnx"))
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_upscale_leaves_no_part_file(sig, tmp_path):
     """The PNG is written band by band into a ``.part`` file: a signal mid-image removes it."""

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from edgesr import quantize
-from edgesr.errors import EdgeSRError
+from edgesr.errors import EdgeSRError, stop_if_interrupted
 from edgesr.export.base import (
     DEVICES,
     OPTION_FLAGS,
@@ -247,6 +247,14 @@ def _stderr_stage(message: str) -> None:
     print(f"[export] {message}", file=sys.stderr, flush=True)
 
 
+def _stopping_at_stages(stage: Stage) -> Stage:
+    def checked(message: str) -> None:
+        stop_if_interrupted()
+        stage(message)
+
+    return checked
+
+
 def _options_record(options: ExportOptions) -> dict[str, Any]:
     return {**asdict(options), "input_size": list(options.input_size),
             "shapes": [list(s) for s in options.shapes]}
@@ -330,7 +338,10 @@ def export(
     from edgesr.models.contract import with_unit_range
     from edgesr.models.descriptor import describe
 
-    stage = stage or _stderr_stage
+    # A signal that got lost (see edgesr.errors.stop_if_interrupted) stops the work at its
+    # next stage, up to the artifact's install; the card is written whatever comes.
+    say = stage or _stderr_stage
+    stage = _stopping_at_stages(say)
     unknown = sorted(set(target_options) - set(OPTION_FLAGS))
     if unknown:
         raise EdgeSRError(f"unknown export option(s) {', '.join(unknown)}; known: {', '.join(OPTION_FLAGS)}")
@@ -458,7 +469,7 @@ def export(
                 f"{figures}; needs {parity.tolerance}); no artifact written, see {failed_report_path}")
         stage(f"writing {final}")
         _install(staged, final)
-        _write_app_files(final, report, stage)
+        _write_app_files(final, report, say)
         _write_json(report_path, report.to_dict())
         _remove(failed_report_path)
         return report
