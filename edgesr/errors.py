@@ -10,8 +10,9 @@ class _Interrupts:
 
     The handler raises KeyboardInterrupt wherever the main thread is, and Python drops an
     exception raised inside a finalizer (``__del__``, a weakref callback that the garbage
-    collector runs): an export that got SIGTERM in one ran to the end with exit code 0 (a
-    CI run). Long work checks this between its stages, so such a signal still stops it."""
+    collector runs). In one CI run an export that got SIGTERM ran to the end with exit code
+    0, which that would explain (not reproduced). Long work checks this between its stages,
+    so a signal that got lost still stops it."""
 
     pending = False
 
