@@ -127,7 +127,7 @@ def _axis_length(x: torch.Tensor, dim: int) -> torch.Tensor:
 def reflect_pad_any_size(x: torch.Tensor, multiple: WindowSize) -> torch.Tensor:
     """``reflect_pad_to_multiple`` for a free H and W: per axis the border gathered (index
     in-graph) and appended to the map. Gathering the whole padded map instead (the index
-    covering the map itself too) took 98 of 518 ms of onnxruntime's kernel time for HiT-SRF
+    covering the map itself too) took 98 of 618 ms of onnxruntime's kernel time for HiT-SRF
     x4 at 128x128, where most blocks pad nothing; a Concat copies the map in whole rows."""
     height, width = x.shape[-2:]
     padded_h = (height + multiple[0] - 1) // multiple[0] * multiple[0]
