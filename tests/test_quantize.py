@@ -3,6 +3,7 @@ against the float model, the bad-input errors, and the budget search on a model 
 one op known to be sensitive. Tiny models and images only."""
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -340,6 +341,50 @@ def test_hitsr_onnx_int8_for_the_cpu_keeps_the_unscaled_correlation_float(data, 
     assert int8_gemms and not any(n.output[0] in quantized_outputs for n in int8_gemms)
     assert any(n.output[0] in quantized_outputs for n in compute if n.op_type == "Conv")
     assert 0.5 < q["macs"]["int8_fraction"] < 1.0
+    # Each block's correlation gate (a product of two int8 convs) runs on uint8, and so do
+    # sums between int8 layers (test_a_cpu_int8_file_calibrates_only_...: which ones).
+    on_uint8 = [n for n in model.graph.node if n.op_type in ("Mul", "Add") and set(n.input) <= dequantized]
+    kinds = collections.Counter(n.op_type for n in on_uint8)
+    assert kinds["Mul"] == 2 and kinds["Add"] >= 2
+    assert all(n.output[0] in quantized_outputs for n in on_uint8)
+    # (A sum whose terms and readers are all int8 for other reasons is on uint8 unchosen.)
+    assert 4 <= q["int8_elementwise"]["ops"] <= len(on_uint8)
+
+
+def test_a_cpu_int8_file_calibrates_only_the_elementwise_ops_it_runs_on_uint8(tmp_path):
+    """Which elementwise ops a --fused-ops int8 file runs on uint8: per block, the gate (a
+    product of two int8 convs), the ConvFFN's residual sum of two GELUs (read by its int8
+    second layer) and the block's last residual sum (read only by the next int8 conv).
+    The calibrator adds their tensors to the compute ops' ones, and no other Mul or Add
+    tensor (every Mul and Add would add half as many tensors again to HiTNet's, a second
+    each in the entropy search). Keeping a gate's conv float puts that gate back in float."""
+    from edgesr.calibration import CalibrationSet
+    from edgesr.export.pipeline import export
+    from edgesr.quantize.onnx_quant import COMPUTE_OPS, OnnxQuantizer
+
+    # mlp_ratio 2: 32 hidden channels, a depthwise conv that onnxruntime runs fast in int8.
+    report = export(_tiny_hitsr(mlp_ratio=2), "onnx", input_size=SIZE, out_dir=tmp_path, fused_ops=True,
+                    check=False)
+    patches = np.random.default_rng(0).random((1, 3, *SIZE), dtype=np.float32)
+    quantizer = OnnxQuantizer(Path(report.artifact), tmp_path / "work", CalibrationSet("test", SIZE, 0, patches),
+                              op_types=COMPUTE_OPS, for_cpu=True)
+    nodes = {node.name: node for node in quantizer.model.graph.node}
+    producers = {out: node for node in nodes.values() for out in node.output}
+    candidates = quantizer.int8_elementwise(quantizer.always_float)
+    assert sorted(nodes[name].op_type for name in candidates) == ["Add"] * 4 + ["Mul"] * 2
+    gelu_sums = [name for name in candidates if {producers[t].op_type for t in nodes[name].input} == {"Gelu"}]
+    assert len(gelu_sums) == 2
+    quantizer.calibrate()
+    calibrated = set(json.loads(quantizer.cache_path.read_text())["data"])
+    compute = {t for n in nodes.values() if n.op_type in COMPUTE_OPS for t in (*n.input, *n.output)}
+    elementwise = {t for name in candidates for t in (*nodes[name].input, *nodes[name].output)}
+    assert elementwise - compute and elementwise <= calibrated
+    others = {t for n in nodes.values() if n.op_type in ("Mul", "Add") and n.name not in candidates
+              for t in n.output} - compute - elementwise
+    assert others and not others & calibrated
+    gate = nodes[next(name for name in candidates if nodes[name].op_type == "Mul")]
+    producer = next(n.name for n in nodes.values() if gate.input[0] in n.output)
+    assert gate.name not in quantizer.int8_elementwise([*quantizer.always_float, producer])
 
 
 def test_hitsr_coreml_int8_quantizes_only_its_compute_ops(data, tmp_path):
