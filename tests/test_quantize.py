@@ -370,7 +370,7 @@ def test_a_cpu_int8_file_calibrates_only_the_elementwise_ops_it_runs_on_uint8(tm
                               op_types=COMPUTE_OPS, for_cpu=True)
     nodes = {node.name: node for node in quantizer.model.graph.node}
     producers = {out: node for node in nodes.values() for out in node.output}
-    candidates = quantizer.int8_elementwise(quantizer.always_float)
+    candidates = quantizer.int8_elementwise()
     assert sorted(nodes[name].op_type for name in candidates) == ["Add"] * 4 + ["Mul"] * 2
     gelu_sums = [name for name in candidates if {producers[t].op_type for t in nodes[name].input} == {"Gelu"}]
     assert len(gelu_sums) == 2
@@ -384,7 +384,7 @@ def test_a_cpu_int8_file_calibrates_only_the_elementwise_ops_it_runs_on_uint8(tm
     assert others and not others & calibrated
     gate = nodes[next(name for name in candidates if nodes[name].op_type == "Mul")]
     producer = next(n.name for n in nodes.values() if gate.input[0] in n.output)
-    assert gate.name not in quantizer.int8_elementwise([*quantizer.always_float, producer])
+    assert gate.name not in quantizer.int8_elementwise([producer])
 
 
 def test_hitsr_coreml_int8_quantizes_only_its_compute_ops(data, tmp_path):

@@ -144,7 +144,8 @@ class OnnxQuantizer:
         self.input_name = self.model.graph.input[0].name
         self.float_by_design = self.cpu_float_nodes() if for_cpu else {}
         self.always_float = [node for nodes in self.float_by_design.values() for node in nodes]
-        self.for_cpu = for_cpu
+        # Whether Mul/Add between int8 layers are quantized too (``int8_elementwise``).
+        self.elementwise_on_uint8 = for_cpu and self.op_types is not None
 
     def node_groups(self) -> dict[str, list[str]]:
         """Quantizable nodes grouped for the sensitivity search.
@@ -221,9 +222,9 @@ class OnnxQuantizer:
         }
         return {reason: nodes for reason, nodes in reasons.items() if nodes}
 
-    def int8_elementwise(self, float_nodes: Collection[str]) -> list[str]:
+    def int8_elementwise(self, keep_float: Collection[str] = ()) -> list[str]:
         """Mul and Add nodes of a CPU file that run on uint8 (QLinearMul / QLinearAdd), given
-        the compute nodes that stay float: a product of two int8 layers' outputs (the gates
+        the compute nodes kept float besides ``always_float``: a product of two int8 layers' outputs (the gates
         of HiT-SR's correlations), and a sum of two activations that only int8 layers read
         and one of whose terms an int8 layer reads too (the ConvFFN's residual sum, between
         its int8 depthwise conv and its int8 second Linear).
@@ -235,6 +236,9 @@ class OnnxQuantizer:
         0.01 dB on Set5. Elementwise ops elsewhere stay float: a Q/DQ pair around one only
         adds work and rounding.
         """
+        if not self.elementwise_on_uint8:
+            return []
+        float_nodes = {*self.always_float, *keep_float}
         graph = self.model.graph
         constants = {tensor.name for tensor in graph.initializer}
         producers = {out: node for node in graph.node for out in node.output}
@@ -331,11 +335,9 @@ class OnnxQuantizer:
             "percentile": (calibrate.PercentileCalibrater, {"num_bins": 2048, "percentile": 99.999, "symmetric": True}),
             "entropy": (calibrate.EntropyCalibrater, {"num_bins": 128, "num_quantized_bins": 128}),
         }[self.method]
-        extra = set()
-        if self.for_cpu and self.op_types is not None:
-            candidates = set(self.int8_elementwise(self.always_float))
-            extra = {name for node in self.model.graph.node if node.name in candidates
-                     for name in (*node.input, *node.output)}
+        candidates = set(self.int8_elementwise())
+        extra = {name for node in self.model.graph.node if node.name in candidates
+                 for name in (*node.input, *node.output)}
 
         class Calibrator(base):
             def select_tensors_to_calibrate(self, model):
@@ -349,10 +351,9 @@ class OnnxQuantizer:
     def quantize(self, destination: Path, keep_float: Sequence[str] = ()) -> Path:
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-        excluded = [*self.always_float, *keep_float]
         op_types, float_elementwise = self.op_types, []
-        if self.for_cpu and self.op_types is not None:
-            int8_elementwise = set(self.int8_elementwise(excluded))
+        if self.elementwise_on_uint8:
+            int8_elementwise = set(self.int8_elementwise(keep_float))
             op_types = [*self.op_types, *INT8_ELEMENTWISE]
             float_elementwise = [node.name for node in self.model.graph.node
                                  if node.op_type in INT8_ELEMENTWISE and node.name not in int8_elementwise]
@@ -363,7 +364,7 @@ class OnnxQuantizer:
                 str(self.pre_path), str(destination), None,
                 quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=self.reduce_range,
                 activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                calibrate_method=_method(self.method), nodes_to_exclude=[*excluded, *float_elementwise],
+                calibrate_method=_method(self.method), nodes_to_exclude=[*self.always_float, *keep_float, *float_elementwise],
                 op_types_to_quantize=op_types,
                 calibration_cache_path=str(self.cache_path),
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
@@ -562,9 +563,8 @@ def export_quantized(target, module, example, options, destination: Path, work: 
         else:
             quantizer.quantize(destination, chosen)
         if for_cpu:
-            elementwise = quantizer.int8_elementwise([*quantizer.always_float, *chosen])
             section["int8_elementwise"] = {
-                "ops": len(elementwise),
+                "ops": len(quantizer.int8_elementwise(chosen)),
                 "why": "products of two int8 layers and sums that only int8 layers read run on uint8 "
                        "(onnxruntime's QLinearMul / QLinearAdd); other elementwise ops stay float"}
     else:
