@@ -387,6 +387,39 @@ def test_a_cpu_int8_file_calibrates_only_the_elementwise_ops_it_runs_on_uint8(tm
     assert gate.name not in quantizer.int8_elementwise([producer])
 
 
+def test_a_cpu_int8_file_keeps_its_one_channel_convs_float(tmp_path):
+    """HiT-SR's key-cell pooling (windows larger than the base window) is a strided conv
+    from one channel to one channel, the map's channels as its batch: onnxruntime's int8
+    conv is slower than its float one there, so a --fused-ops int8 file keeps it float (in
+    no group, whatever --keep-float says); a file for other runtimes quantizes it."""
+    import onnx
+
+    from edgesr.calibration import CalibrationSet
+    from edgesr.export.pipeline import export
+    from edgesr.quantize.onnx_quant import COMPUTE_OPS, OnnxQuantizer
+
+    # Windows of 16 over a base window of 8: each block pools 2x2 cells of values.
+    report = export(_tiny_hitsr(hier_win_ratios=[2]), "onnx", input_size=SIZE, out_dir=tmp_path, fused_ops=True,
+                    check=False)
+    patches = np.random.default_rng(0).random((1, 3, *SIZE), dtype=np.float32)
+    calib = CalibrationSet("test", SIZE, 0, patches)
+    quantizer = OnnxQuantizer(Path(report.artifact), tmp_path / "cpu", calib, op_types=COMPUTE_OPS, for_cpu=True)
+    graph = quantizer.model.graph
+    weights = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
+    pooling = [n.name for n in graph.node if n.op_type == "Conv" and weights[n.input[1]] == (1, 1, 2, 2)]
+    assert len(pooling) == 2
+    kept = {reason: nodes for reason, nodes in quantizer.float_by_design.items() if reason.startswith("Conv from one")}
+    assert list(kept.values()) == [pooling]
+    assert not set(pooling) & {name for names in quantizer.node_groups().values() for name in names}
+    quantizer.calibrate()
+    quantized = onnx.load(quantizer.quantize(tmp_path / "cpu.onnx"))
+    dequantized = {out for n in quantized.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+    convs = {n.name: n for n in quantized.graph.node if n.op_type == "Conv"}
+    assert all(convs[name].input[1] not in dequantized for name in pooling)
+    assert sum(n.input[1] in dequantized for n in convs.values()) > len(pooling)
+    elsewhere = OnnxQuantizer(Path(report.artifact), tmp_path / "any", calib, op_types=COMPUTE_OPS)
+    assert set(pooling) <= set(elsewhere.node_groups()["Conv"])
+
 def test_hitsr_coreml_int8_quantizes_only_its_compute_ops(data, tmp_path):
     """HiT-SR's CoreML W8A8 takes TFLite's Conv/Linear-only graph (every op in int8 lost
     2.5 dB on HiTNet): one int8 weight per Conv/Linear node of the groups, and the

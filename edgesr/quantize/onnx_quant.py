@@ -193,6 +193,11 @@ class OnnxQuantizer:
         for HiTNet's 24 5x5 depthwise convs of 120 channels (128x128) where its float NCHWc
         conv took 17 (AMD EPYC, AVX-512 VNNI, 2 threads). The export pads HiT-SRF's to 128
         (``edgesr.rewrite.depthwise_padding``), which its fast symmetric kernel takes.
+        Convs from one channel to one channel stay float: HiT-SR's key-cell pooling is such a
+        strided conv, with the map's channels as its batch, and onnxruntime's int8 conv runs
+        each image of the batch as its own small GEMM between two layout transposes. HiTNet's
+        16 (128x128) took 24.7 ms of kernel time in int8 and 6.1 ms in float; the whole int8
+        file 545 -> 508 ms (minmax ranges; 48 fewer Transposes).
         """
         graph = self.model.graph
         constants = {tensor.name for tensor in graph.initializer}
@@ -214,11 +219,16 @@ class OnnxQuantizer:
                         frontier.extend(name for name in user.output if name)
         depthwise = [node.name for node in graph.node
                      if _is_depthwise(node) and _conv_groups(node) % DEPTHWISE_GROUP_MULTIPLE]
+        weight_shapes = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
+        single_channel = [node.name for node in graph.node if node.op_type == "Conv"
+                          and weight_shapes.get(node.input[1], ())[:2] == (1, 1) and _conv_groups(node) == 1]
         reasons = {
             "activation MatMuls of the unscaled correlations": [node.name for node in products],
             "layers reading an unscaled correlation": list(readers),
             f"depthwise Conv whose groups are not a multiple of {DEPTHWISE_GROUP_MULTIPLE} (onnxruntime's generic "
             f"int8 depthwise path is slower than its float conv)": depthwise,
+            "Conv from one channel to one channel (onnxruntime's int8 conv runs each image of the "
+            "batch apart, slower than its float conv)": single_channel,
         }
         return {reason: nodes for reason, nodes in reasons.items() if nodes}
 
