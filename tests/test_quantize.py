@@ -357,7 +357,8 @@ def test_a_cpu_int8_file_calibrates_only_the_elementwise_ops_it_runs_on_uint8(tm
     second layer) and the block's last residual sum (read only by the next int8 conv).
     The calibrator adds their tensors to the compute ops' ones, and no other Mul or Add
     tensor (every Mul and Add would add half as many tensors again to HiTNet's, a second
-    each in the entropy search). Keeping a gate's conv float puts that gate back in float."""
+    each in the entropy search), nor those that only its float-by-design nodes touch.
+    Keeping a gate's conv float puts that gate back in float."""
     from edgesr.calibration import CalibrationSet
     from edgesr.export.pipeline import export
     from edgesr.quantize.onnx_quant import COMPUTE_OPS, OnnxQuantizer
@@ -376,9 +377,14 @@ def test_a_cpu_int8_file_calibrates_only_the_elementwise_ops_it_runs_on_uint8(tm
     assert len(gelu_sums) == 2
     quantizer.calibrate()
     calibrated = set(json.loads(quantizer.cache_path.read_text())["data"])
-    compute = {t for n in nodes.values() if n.op_type in COMPUTE_OPS for t in (*n.input, *n.output)}
+    by_design = set(quantizer.always_float)
+    compute = {t for n in nodes.values() if n.op_type in COMPUTE_OPS and n.name not in by_design
+               for t in (*n.input, *n.output)}
     elementwise = {t for name in candidates for t in (*nodes[name].input, *nodes[name].output)}
     assert elementwise - compute and elementwise <= calibrated
+    # The correlations' float products and projections are never quantized: their own tensors are not calibrated.
+    float_only = {t for name in by_design for t in (*nodes[name].input, *nodes[name].output)} - compute - elementwise
+    assert float_only and not float_only & calibrated
     others = {t for n in nodes.values() if n.op_type in ("Mul", "Add") and n.name not in candidates
               for t in n.output} - compute - elementwise
     assert others and not others & calibrated

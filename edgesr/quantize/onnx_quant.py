@@ -335,9 +335,11 @@ class OnnxQuantizer:
         save_tensors_data(calibrator.compute_data(), self.cache_path)
 
     def _calibrator(self):
-        """onnxruntime's calibrator for ``self.method`` over the compute ops' tensors and, in a
-        CPU file, those of the ``int8_elementwise`` candidates (calibrating every Mul and Add
-        would add 387 tensors to HiTNet's 742, each a second of the entropy search)."""
+        """onnxruntime's calibrator for ``self.method`` over the tensors that a quantized node
+        may read or write: the compute ops' and, in a CPU file, those of the
+        ``int8_elementwise`` candidates (calibrating every Mul and Add would add 387 tensors
+        to HiTNet's 742, each a second of the entropy search), less those that only
+        ``always_float`` nodes touch (onnxruntime selects by op type alone)."""
         from onnxruntime.quantization import calibrate
 
         base, settings = {
@@ -348,11 +350,14 @@ class OnnxQuantizer:
         candidates = set(self.int8_elementwise())
         extra = {name for node in self.model.graph.node if node.name in candidates
                  for name in (*node.input, *node.output)}
+        types, float_nodes = set(self.op_types or quantizable_op_types()), set(self.always_float)
+        quantizable = {name for node in self.model.graph.node if node.op_type in types and node.name not in float_nodes
+                       for name in (*node.input, *node.output)}
 
         class Calibrator(base):
             def select_tensors_to_calibrate(self, model):
                 tensors, value_infos = super().select_tensors_to_calibrate(model)
-                return tensors | (extra & set(value_infos)), value_infos
+                return (tensors & quantizable) | (extra & set(value_infos)), value_infos
 
         calibrator = Calibrator(self.pre_path, self.op_types, str(self.work / "augmented.onnx"), **settings)
         calibrator.augment_graph()
