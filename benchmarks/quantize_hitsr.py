@@ -85,53 +85,54 @@ def main() -> int:
     set14 = validation_set(4, SHARED / "Set14")
     float_set14 = measure_psnr(torch_batch_fn(with_unit_range(model).eval()), set14, tile, "hit-srf").psnr_y
     rows, reports = _previous(args.out) if args.merge else ([], [])
-    out_dir = Path(tempfile.mkdtemp(prefix="edgesr-quant-bench-"))
-    for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-        for precision, extra, suffix in PLAN[target]:
-            if precisions and precision not in precisions:
-                continue
-            label = f"{target} {precision}{suffix}"
-            if args.label_contains not in label or (args.label and label not in args.label):
-                continue
-            rows = [r for r in rows if r["label"] != label]
-            reports = [r for r in reports if r.get("label") != label]
-            print(f"[bench] {label}", file=sys.stderr, flush=True)
-            started = time.perf_counter()
-            try:
-                report = export(model, target, input_size=tile, precision=precision, out_dir=out_dir,
-                                name="_".join(["hitnet", target, precision, *suffix.strip(" ()").split()]),
-                                calib=str(SHARED / "train" / "BSD200"), calib_count=args.calib_count,
-                                val=str(SHARED / "Set5"), delegate_ready=False, **extra)
-            except Exception as exc:  # a row that failed says so in the table
-                # (without the failed report's temporary path; its content goes to the notes)
-                message = str(exc).splitlines()[0].split("; what was measured is in")[0]
-                rows.append({"label": label, "error": message[:400]})
-                print(f"[bench] {label}: {exc}", file=sys.stderr, flush=True)
-                failed = next(out_dir.glob("*.failed.report.json"), None)
-                if failed is not None:  # a missed budget: its search is in the failed report
-                    search = json.loads(failed.read_text()).get("quantization", {}).get("budget")
-                    rows[-1]["note"] = _search_note(search) if search else None
-                    failed.unlink()
-                continue
-            q = report.quantization or {}
-            row = {"label": label, "size_mb": report.size_bytes / 1e6,
-                   "set5_float": (q.get("float") or {}).get("psnr_y"),
-                   "set5": (q.get("quantized") or {}).get("psnr_y"), "set5_delta": q.get("delta_db"),
-                   "latency_ms": (q.get("latency_ms") or {}).get(precision),
-                   "latency_fp32_ms": (q.get("latency_ms") or {}).get("fp32"),
-                   "speedup": (q.get("latency_ms") or {}).get("speedup_vs_fp32"),
-                   "kept_float": (q.get("kept_float") or {}).get("groups"),
-                   "seconds": round(time.perf_counter() - started, 1), "note": _note(target, q)}
-            try:
-                row["set14"] = measure_psnr(artifact_fn(Path(report.artifact), exact=precision == "int8"),
-                                            set14, tile, "hit-srf").psnr_y
-                row["set14_delta"] = row["set14"] - float_set14
-            except Exception as exc:
-                row["set14"] = None
-                row["note"] = (row.get("note") or "") + f" Set14 not run: {str(exc).splitlines()[0][:120]}"
-            rows.append(row)
-            reports.append({"label": label, **report.to_dict()})
-            _write(args.out, rows, reports, float_set14, tile)
+    with tempfile.TemporaryDirectory(prefix="edgesr-quant-bench-") as folder:
+        out_dir = Path(folder)
+        for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
+            for precision, extra, suffix in PLAN[target]:
+                if precisions and precision not in precisions:
+                    continue
+                label = f"{target} {precision}{suffix}"
+                if args.label_contains not in label or (args.label and label not in args.label):
+                    continue
+                rows = [r for r in rows if r["label"] != label]
+                reports = [r for r in reports if r.get("label") != label]
+                print(f"[bench] {label}", file=sys.stderr, flush=True)
+                started = time.perf_counter()
+                try:
+                    report = export(model, target, input_size=tile, precision=precision, out_dir=out_dir,
+                                    name="_".join(["hitnet", target, precision, *suffix.strip(" ()").split()]),
+                                    calib=str(SHARED / "train" / "BSD200"), calib_count=args.calib_count,
+                                    val=str(SHARED / "Set5"), delegate_ready=False, **extra)
+                except Exception as exc:  # a row that failed says so in the table
+                    # (without the failed report's temporary path; its content goes to the notes)
+                    message = str(exc).splitlines()[0].split("; what was measured is in")[0]
+                    rows.append({"label": label, "error": message[:400]})
+                    print(f"[bench] {label}: {exc}", file=sys.stderr, flush=True)
+                    failed = next(out_dir.glob("*.failed.report.json"), None)
+                    if failed is not None:  # a missed budget: its search is in the failed report
+                        search = json.loads(failed.read_text()).get("quantization", {}).get("budget")
+                        rows[-1]["note"] = _search_note(search) if search else None
+                        failed.unlink()
+                    continue
+                q = report.quantization or {}
+                row = {"label": label, "size_mb": report.size_bytes / 1e6,
+                       "set5_float": (q.get("float") or {}).get("psnr_y"),
+                       "set5": (q.get("quantized") or {}).get("psnr_y"), "set5_delta": q.get("delta_db"),
+                       "latency_ms": (q.get("latency_ms") or {}).get(precision),
+                       "latency_fp32_ms": (q.get("latency_ms") or {}).get("fp32"),
+                       "speedup": (q.get("latency_ms") or {}).get("speedup_vs_fp32"),
+                       "kept_float": (q.get("kept_float") or {}).get("groups"),
+                       "seconds": round(time.perf_counter() - started, 1), "note": _note(target, q)}
+                try:
+                    row["set14"] = measure_psnr(artifact_fn(Path(report.artifact), exact=precision == "int8"),
+                                                set14, tile, "hit-srf").psnr_y
+                    row["set14_delta"] = row["set14"] - float_set14
+                except Exception as exc:
+                    row["set14"] = None
+                    row["note"] = (row.get("note") or "") + f" Set14 not run: {str(exc).splitlines()[0][:120]}"
+                rows.append(row)
+                reports.append({"label": label, **report.to_dict()})
+                _write(args.out, rows, reports, float_set14, tile)
     _write(args.out, rows, reports, float_set14, tile)
     return 0
 
