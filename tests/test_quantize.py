@@ -426,6 +426,7 @@ def test_a_cpu_int8_file_keeps_its_one_channel_convs_float(tmp_path):
     elsewhere = OnnxQuantizer(Path(report.artifact), tmp_path / "any", calib, op_types=COMPUTE_OPS)
     assert set(pooling) <= set(elsewhere.node_groups()["Conv"])
 
+
 def test_hitsr_coreml_int8_quantizes_only_its_compute_ops(data, tmp_path):
     """HiT-SR's CoreML W8A8 takes TFLite's Conv/Linear-only graph (every op in int8 lost
     2.5 dB on HiTNet): one int8 weight per Conv/Linear node of the groups, and the

@@ -200,7 +200,7 @@ class OnnxQuantizer:
         file 545 -> 508 ms (minmax ranges; 48 fewer Transposes).
         """
         graph = self.model.graph
-        constants = {tensor.name for tensor in graph.initializer}
+        constants = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}  # name -> shape
         consumers = _consumers(graph)
         products = [node for node in graph.node if node.op_type == "MatMul"
                     and node.input[0] not in constants and node.input[1] not in constants]
@@ -219,9 +219,8 @@ class OnnxQuantizer:
                         frontier.extend(name for name in user.output if name)
         depthwise = [node.name for node in graph.node
                      if _is_depthwise(node) and _conv_groups(node) % DEPTHWISE_GROUP_MULTIPLE]
-        weight_shapes = {tensor.name: tuple(tensor.dims) for tensor in graph.initializer}
         single_channel = [node.name for node in graph.node if node.op_type == "Conv"
-                          and weight_shapes.get(node.input[1], ())[:2] == (1, 1) and _conv_groups(node) == 1]
+                          and constants.get(node.input[1], ())[:2] == (1, 1) and _conv_groups(node) == 1]
         reasons = {
             "activation MatMuls of the unscaled correlations": [node.name for node in products],
             "layers reading an unscaled correlation": list(readers),
