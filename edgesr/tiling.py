@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from edgesr.errors import EdgeSRError
+from edgesr.errors import EdgeSRError, stop_if_interrupted
 
 
 @dataclass(frozen=True)
@@ -235,6 +235,7 @@ def tiled_bands(run_tile: TileRunner, image: np.ndarray, plan: TilePlan,
             acc[:, x * s:(x + tw) * s] += result * (wy[:, None] * wx[None, :])[..., None]
             if on_tile:
                 on_tile()
+            stop_if_interrupted()
         # Rows above the next tile-row's start are final: hand them out, shift the band.
         done = band_h if last else (plan.rows[i + 1] - y) * s
         keep = max(0, min(done, out_h - y * s))

@@ -274,6 +274,39 @@ def test_a_signal_lost_in_a_finalizer_still_stops_the_export(tmp_path, small_src
     assert stages and any(out.glob("*.onnx"))
 
 
+def test_a_signal_lost_in_a_finalizer_still_stops_the_upscale(tmp_path):
+    """As for the export: a pending interrupt stops a tiled upscale after the tile that ran,
+    and an upscale of several images before the next one, leaving no output."""
+    from edgesr.errors import note_interrupt
+    from edgesr.tiling import TiledUpscaler
+    from edgesr.upscale import OpenedUpscaler, upscale_files
+
+    calls = []
+
+    def nearest_x2(image):
+        calls.append(image.shape)
+        return np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+
+    tiler = TiledUpscaler(nearest_x2, 2, 16, 4, fixed=True)
+    out = tmp_path / "out"
+    jobs = []
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / name)
+        jobs.append((tmp_path / name, out / name))
+    note_interrupt()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(tiler.bands(np.zeros((40, 40, 3), np.float32)))
+        assert calls == [(16, 16, 3)]
+        with pytest.raises(KeyboardInterrupt):
+            upscale_files(OpenedUpscaler(nearest_x2, 2, None, None), jobs, out)
+    finally:
+        note_interrupt(False)
+    assert calls == [(16, 16, 3)] and list(out.iterdir()) == []
+    upscale_files(OpenedUpscaler(nearest_x2, 2, None, tiler), jobs, out)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_upscale_leaves_no_part_file(sig, tmp_path):
     """The PNG is written band by band into a ``.part`` file: a signal mid-image removes it."""
