@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from edgesr.errors import EdgeSRError
+from edgesr.errors import EdgeSRError, stop_if_interrupted
 
 BENCH_SCHEMA_VERSION = 1
 DEFAULT_INPUT_SIZE = (256, 256)
@@ -73,6 +73,7 @@ def time_runner(runner, height: int, width: int, warmup: int, iters: int) -> lis
         runner.run_native(batch)
     latencies = []
     for _ in range(iters):
+        stop_if_interrupted()
         started = time.perf_counter()
         runner.run_native(batch)
         latencies.append(time.perf_counter() - started)

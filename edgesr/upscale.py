@@ -8,7 +8,7 @@ from typing import Any, Iterator, Literal
 import numpy as np
 from PIL import Image
 
-from edgesr.errors import EdgeSRError, stop_if_interrupted
+from edgesr.errors import EdgeSRError
 from edgesr.imageio import LoadedImage
 
 AlphaMode = Literal["bicubic", "model"]
@@ -192,7 +192,6 @@ def upscale_files(upscaler: OpenedUpscaler, jobs: list[tuple[Path, Path]], out: 
         raise EdgeSRError(f"{out}: cannot create the output folder ({exc.strerror})") from None
     written = []
     for source, target in progress(jobs, desc="upscale", enabled=show_progress and len(jobs) > 1):
-        stop_if_interrupted()  # the tiles check it too; a whole-image run has only this
         image = read_image(source)
         bar = None
         if upscaler.tiler is not None and show_progress:

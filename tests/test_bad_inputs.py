@@ -307,6 +307,41 @@ def test_a_signal_lost_in_a_finalizer_still_stops_the_upscale(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
 
 
+def test_a_signal_lost_in_a_finalizer_stops_evaluate_and_bench_loops(tmp_path):
+    """``edgesr evaluate`` stops before its next image and ``edgesr bench`` before its next
+    timed run when an interrupt is pending, as the export and the upscale do."""
+    from edgesr.bench import time_runner
+    from edgesr.errors import note_interrupt
+    from edgesr.evaluate import evaluate
+
+    (tmp_path / "HR").mkdir()
+    Image.fromarray(np.full((24, 24, 3), 128, np.uint8)).save(tmp_path / "HR" / "grey.png")
+    calls = []
+
+    def nearest_x2(image):
+        calls.append(image.shape)
+        return np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+
+    class CountingRunner:
+        def native_input(self, height, width):
+            return np.zeros((1, 3, height, width), np.float32)
+
+        def run_native(self, batch):
+            calls.append(batch.shape)
+
+    note_interrupt()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            evaluate(nearest_x2, tmp_path, 2, show_progress=False)
+        with pytest.raises(KeyboardInterrupt):
+            time_runner(CountingRunner(), 8, 8, warmup=0, iters=3)
+    finally:
+        note_interrupt(False)
+    assert calls == []
+    assert len(evaluate(nearest_x2, tmp_path, 2, show_progress=False).images) == 1
+    assert len(time_runner(CountingRunner(), 8, 8, warmup=0, iters=3)) == 3 and len(calls) == 4
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_upscale_leaves_no_part_file(sig, tmp_path):
     """The PNG is written band by band into a ``.part`` file: a signal mid-image removes it."""
