@@ -68,13 +68,11 @@ def main() -> int:
     parser.add_argument("--merge", action="store_true",
                         help="keep the rows of OUT/quantization.json that this run does not redo")
     args = parser.parse_args()
-    precisions = {p.strip() for p in args.precisions.split(",") if p.strip()}
 
     from edgesr.calibration import validation_set
-    from edgesr.export.pipeline import export
     from edgesr.models.contract import with_unit_range
     from edgesr.models.loading import load
-    from edgesr.quantize.quality import artifact_fn, measure_psnr, torch_batch_fn
+    from edgesr.quantize.quality import measure_psnr, torch_batch_fn
 
     weights = SHARED / "weights" / "HiTNet.pth"
     if not weights.exists():
@@ -86,55 +84,76 @@ def main() -> int:
     float_set14 = measure_psnr(torch_batch_fn(with_unit_range(model).eval()), set14, tile, "hit-srf").psnr_y
     rows, reports = _previous(args.out) if args.merge else ([], [])
     with tempfile.TemporaryDirectory(prefix="edgesr-quant-bench-") as folder:
-        out_dir = Path(folder)
-        for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-            for precision, extra, suffix in PLAN[target]:
-                if precisions and precision not in precisions:
-                    continue
-                label = f"{target} {precision}{suffix}"
-                if args.label_contains not in label or (args.label and label not in args.label):
-                    continue
-                rows = [r for r in rows if r["label"] != label]
-                reports = [r for r in reports if r.get("label") != label]
-                print(f"[bench] {label}", file=sys.stderr, flush=True)
-                started = time.perf_counter()
-                try:
-                    report = export(model, target, input_size=tile, precision=precision, out_dir=out_dir,
-                                    name="_".join(["hitnet", target, precision, *suffix.strip(" ()").split()]),
-                                    calib=str(SHARED / "train" / "BSD200"), calib_count=args.calib_count,
-                                    val=str(SHARED / "Set5"), delegate_ready=False, **extra)
-                except Exception as exc:  # a row that failed says so in the table
-                    # (without the failed report's temporary path; its content goes to the notes)
-                    message = str(exc).splitlines()[0].split("; what was measured is in")[0]
-                    rows.append({"label": label, "error": message[:400]})
-                    print(f"[bench] {label}: {exc}", file=sys.stderr, flush=True)
-                    failed = next(out_dir.glob("*.failed.report.json"), None)
-                    if failed is not None:  # a missed budget: its search is in the failed report
-                        search = json.loads(failed.read_text()).get("quantization", {}).get("budget")
-                        rows[-1]["note"] = _search_note(search) if search else None
-                        failed.unlink()
-                    continue
-                q = report.quantization or {}
-                row = {"label": label, "size_mb": report.size_bytes / 1e6,
-                       "set5_float": (q.get("float") or {}).get("psnr_y"),
-                       "set5": (q.get("quantized") or {}).get("psnr_y"), "set5_delta": q.get("delta_db"),
-                       "latency_ms": (q.get("latency_ms") or {}).get(precision),
-                       "latency_fp32_ms": (q.get("latency_ms") or {}).get("fp32"),
-                       "speedup": (q.get("latency_ms") or {}).get("speedup_vs_fp32"),
-                       "kept_float": (q.get("kept_float") or {}).get("groups"),
-                       "seconds": round(time.perf_counter() - started, 1), "note": _note(target, q)}
-                try:
-                    row["set14"] = measure_psnr(artifact_fn(Path(report.artifact), exact=precision == "int8"),
-                                                set14, tile, "hit-srf").psnr_y
-                    row["set14_delta"] = row["set14"] - float_set14
-                except Exception as exc:
-                    row["set14"] = None
-                    row["note"] = (row.get("note") or "") + f" Set14 not run: {str(exc).splitlines()[0][:120]}"
-                rows.append(row)
+        for target, precision, extra, label in _selected_rows(args):
+            rows = [r for r in rows if r["label"] != label]
+            reports = [r for r in reports if r.get("label") != label]
+            print(f"[bench] {label}", file=sys.stderr, flush=True)
+            row, report = _measure_row(model, target, precision, extra, label, Path(folder), args.calib_count,
+                                       tile, set14, float_set14)
+            rows.append(row)
+            if report is not None:
                 reports.append({"label": label, **report.to_dict()})
                 _write(args.out, rows, reports, float_set14, tile)
     _write(args.out, rows, reports, float_set14, tile)
     return 0
+
+
+def _selected_rows(args):
+    """(target, precision, export options, label) of each row of the plan that the flags select."""
+    precisions = {p.strip() for p in args.precisions.split(",") if p.strip()}
+    for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        for precision, extra, suffix in PLAN[target]:
+            label = f"{target} {precision}{suffix}"
+            if precisions and precision not in precisions:
+                continue
+            if args.label_contains not in label or (args.label and label not in args.label):
+                continue
+            yield target, precision, extra, label
+
+
+def _measure_row(model, target: str, precision: str, extra: dict, label: str, out_dir: Path, calib_count: int,
+                 tile, set14, float_set14: float):
+    """The table row of one export and its report (None when the export failed: the row says why)."""
+    from edgesr.export.pipeline import export
+    from edgesr.quantize.quality import artifact_fn, measure_psnr
+
+    started = time.perf_counter()
+    suffix = label[len(f"{target} {precision}"):]
+    try:
+        report = export(model, target, input_size=tile, precision=precision, out_dir=out_dir,
+                        name="_".join(["hitnet", target, precision, *suffix.strip(" ()").split()]),
+                        # an fp32 export refuses --calib: it has no ranges to calibrate
+                        calib=None if precision == "fp32" else str(SHARED / "train" / "BSD200"),
+                        calib_count=calib_count,
+                        val=str(SHARED / "Set5"), delegate_ready=False, **extra)
+    except Exception as exc:  # a row that failed says so in the table
+        # (without the failed report's temporary path; its content goes to the notes)
+        message = str(exc).splitlines()[0].split("; what was measured is in")[0]
+        row = {"label": label, "error": message[:400]}
+        print(f"[bench] {label}: {exc}", file=sys.stderr, flush=True)
+        failed = next(out_dir.glob("*.failed.report.json"), None)
+        if failed is not None:  # a missed budget: its search is in the failed report
+            search = json.loads(failed.read_text()).get("quantization", {}).get("budget")
+            row["note"] = _search_note(search) if search else None
+            failed.unlink()
+        return row, None
+    q = report.quantization or {}
+    row = {"label": label, "size_mb": report.size_bytes / 1e6,
+           "set5_float": (q.get("float") or {}).get("psnr_y"),
+           "set5": (q.get("quantized") or {}).get("psnr_y"), "set5_delta": q.get("delta_db"),
+           "latency_ms": (q.get("latency_ms") or {}).get(precision),
+           "latency_fp32_ms": (q.get("latency_ms") or {}).get("fp32"),
+           "speedup": (q.get("latency_ms") or {}).get("speedup_vs_fp32"),
+           "kept_float": (q.get("kept_float") or {}).get("groups"),
+           "seconds": round(time.perf_counter() - started, 1), "note": _note(target, q)}
+    try:
+        row["set14"] = measure_psnr(artifact_fn(Path(report.artifact), exact=precision == "int8"),
+                                    set14, tile, "hit-srf").psnr_y
+        row["set14_delta"] = row["set14"] - float_set14
+    except Exception as exc:
+        row["set14"] = None
+        row["note"] = (row.get("note") or "") + f" Set14 not run: {str(exc).splitlines()[0][:120]}"
+    return row, report
 
 
 def _previous(out: Path) -> tuple[list, list]:
