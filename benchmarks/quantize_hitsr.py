@@ -50,7 +50,11 @@ PLAN = {
                ("int8", {"keep_float": PT2E_NORM_INPUTS}, " (norm inputs in float)"),
                ("int8", {"max_psnr_drop": 0.1}, " (budget 0.1 dB)")],
 }
-LABELS = [f"{target} {precision}{suffix}" for target, plan in PLAN.items() for precision, _, suffix in plan]
+def _label(target: str, precision: str, suffix: str) -> str:
+    return f"{target} {precision}{suffix}"
+
+
+LABELS = [_label(target, precision, suffix) for target, plan in PLAN.items() for precision, _, suffix in plan]
 
 
 def main() -> int:
@@ -84,11 +88,12 @@ def main() -> int:
     float_set14 = measure_psnr(torch_batch_fn(with_unit_range(model).eval()), set14, tile, "hit-srf").psnr_y
     rows, reports = _previous(args.out) if args.merge else ([], [])
     with tempfile.TemporaryDirectory(prefix="edgesr-quant-bench-") as folder:
-        for target, precision, extra, label in _selected_rows(args):
+        for target, precision, extra, suffix in _selected_rows(args):
+            label = _label(target, precision, suffix)
             rows = [r for r in rows if r["label"] != label]
             reports = [r for r in reports if r.get("label") != label]
             print(f"[bench] {label}", file=sys.stderr, flush=True)
-            row, report = _measure_row(model, target, precision, extra, label, Path(folder), args.calib_count,
+            row, report = _measure_row(model, target, precision, extra, suffix, Path(folder), args.calib_count,
                                        tile, set14, float_set14)
             rows.append(row)
             if report is not None:
@@ -99,26 +104,26 @@ def main() -> int:
 
 
 def _selected_rows(args):
-    """(target, precision, export options, label) of each row of the plan that the flags select."""
+    """(target, precision, export options, label suffix) of each row of the plan that the flags select."""
     precisions = {p.strip() for p in args.precisions.split(",") if p.strip()}
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
         for precision, extra, suffix in PLAN[target]:
-            label = f"{target} {precision}{suffix}"
+            label = _label(target, precision, suffix)
             if precisions and precision not in precisions:
                 continue
             if args.label_contains not in label or (args.label and label not in args.label):
                 continue
-            yield target, precision, extra, label
+            yield target, precision, extra, suffix
 
 
-def _measure_row(model, target: str, precision: str, extra: dict, label: str, out_dir: Path, calib_count: int,
+def _measure_row(model, target: str, precision: str, extra: dict, suffix: str, out_dir: Path, calib_count: int,
                  tile, set14, float_set14: float):
     """The table row of one export and its report (None when the export failed: the row says why)."""
     from edgesr.export.pipeline import export
     from edgesr.quantize.quality import artifact_fn, measure_psnr
 
+    label = _label(target, precision, suffix)
     started = time.perf_counter()
-    suffix = label[len(f"{target} {precision}"):]
     try:
         report = export(model, target, input_size=tile, precision=precision, out_dir=out_dir,
                         name="_".join(["hitnet", target, precision, *suffix.strip(" ()").split()]),

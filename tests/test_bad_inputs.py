@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -254,21 +255,37 @@ def test_a_signal_during_export_cleans_up_and_says_one_line(sig, tmp_path):
     assert list(out.iterdir()) == []
 
 
+@contextmanager
+def _pending_interrupt():
+    """An interrupt recorded but never raised, as when Python drops the handler's
+    KeyboardInterrupt inside a finalizer; cleared afterwards for the next test."""
+    from edgesr.errors import note_interrupt
+
+    note_interrupt()
+    try:
+        yield
+    finally:
+        note_interrupt(False)
+
+
+def _counting_nearest_x2(calls: list):
+    """A x2 upscaler that records the shape of every input it is given in ``calls``."""
+    def nearest_x2(image):
+        calls.append(image.shape)
+        return np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+    return nearest_x2
+
+
 def test_a_signal_lost_in_a_finalizer_still_stops_the_export(tmp_path, small_srconvnet):
     """Python drops a KeyboardInterrupt that the SIGTERM handler raises inside a finalizer;
     the export then stops at its next stage and leaves nothing (it ran to exit 0 in a CI run)."""
-    from edgesr.errors import note_interrupt
     from edgesr.export.pipeline import export
 
     out = tmp_path / "out"
     out.mkdir()
     stages = []
-    note_interrupt()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            export(small_srconvnet, "onnx", input_size=(16, 16), out_dir=out, stage=stages.append)
-    finally:
-        note_interrupt(False)
+    with _pending_interrupt(), pytest.raises(KeyboardInterrupt):
+        export(small_srconvnet, "onnx", input_size=(16, 16), out_dir=out, stage=stages.append)
     assert stages == [] and list(out.iterdir()) == []
     export(small_srconvnet, "onnx", input_size=(16, 16), out_dir=out, check=False, stage=stages.append)
     assert stages and any(out.glob("*.onnx"))
@@ -277,31 +294,23 @@ def test_a_signal_lost_in_a_finalizer_still_stops_the_export(tmp_path, small_src
 def test_a_signal_lost_in_a_finalizer_still_stops_the_upscale(tmp_path):
     """As for the export: a pending interrupt stops a tiled upscale after the tile that ran,
     and an upscale of several images before the next one, leaving no output."""
-    from edgesr.errors import note_interrupt
     from edgesr.tiling import TiledUpscaler
     from edgesr.upscale import OpenedUpscaler, upscale_files
 
     calls = []
-
-    def nearest_x2(image):
-        calls.append(image.shape)
-        return np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
-
+    nearest_x2 = _counting_nearest_x2(calls)
     tiler = TiledUpscaler(nearest_x2, 2, 16, 4, fixed=True)
     out = tmp_path / "out"
     jobs = []
     for name in ("a.png", "b.png"):
         Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / name)
         jobs.append((tmp_path / name, out / name))
-    note_interrupt()
-    try:
+    with _pending_interrupt():
         with pytest.raises(KeyboardInterrupt):
             list(tiler.bands(np.zeros((40, 40, 3), np.float32)))
         assert calls == [(16, 16, 3)]
         with pytest.raises(KeyboardInterrupt):
             upscale_files(OpenedUpscaler(nearest_x2, 2, None, None), jobs, out)
-    finally:
-        note_interrupt(False)
     assert calls == [(16, 16, 3)] and list(out.iterdir()) == []
     upscale_files(OpenedUpscaler(nearest_x2, 2, None, tiler), jobs, out)
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]
@@ -311,16 +320,12 @@ def test_a_signal_lost_in_a_finalizer_stops_evaluate_and_bench_loops(tmp_path):
     """``edgesr evaluate`` stops before its next image and ``edgesr bench`` before its next
     timed run when an interrupt is pending, as the export and the upscale do."""
     from edgesr.bench import time_runner
-    from edgesr.errors import note_interrupt
     from edgesr.evaluate import evaluate
 
     (tmp_path / "HR").mkdir()
     Image.fromarray(np.full((24, 24, 3), 128, np.uint8)).save(tmp_path / "HR" / "grey.png")
     calls = []
-
-    def nearest_x2(image):
-        calls.append(image.shape)
-        return np.repeat(np.repeat(image, 2, axis=0), 2, axis=1)
+    nearest_x2 = _counting_nearest_x2(calls)
 
     class CountingRunner:
         def native_input(self, height, width):
@@ -329,14 +334,11 @@ def test_a_signal_lost_in_a_finalizer_stops_evaluate_and_bench_loops(tmp_path):
         def run_native(self, batch):
             calls.append(batch.shape)
 
-    note_interrupt()
-    try:
+    with _pending_interrupt():
         with pytest.raises(KeyboardInterrupt):
             evaluate(nearest_x2, tmp_path, 2, show_progress=False)
         with pytest.raises(KeyboardInterrupt):
             time_runner(CountingRunner(), 8, 8, warmup=0, iters=3)
-    finally:
-        note_interrupt(False)
     assert calls == []
     assert len(evaluate(nearest_x2, tmp_path, 2, show_progress=False).images) == 1
     assert len(time_runner(CountingRunner(), 8, 8, warmup=0, iters=3)) == 3 and len(calls) == 4
